@@ -1,0 +1,1 @@
+//! Lexing and parsing admin commands against the grammar.

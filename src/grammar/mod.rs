@@ -1,0 +1,1 @@
+//! The command grammar, loaded from grammar/*.ns.

@@ -1,0 +1,1 @@
+//! Console, control socket, cli and check modes; NetScaler-style rendering.

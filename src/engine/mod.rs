@@ -5,6 +5,7 @@
 //! prepares everything that can fail (binding listeners, loading certificates, compiling Lua)
 //! before publishing; on failure the running snapshot and listeners stay exactly as they were.
 
+pub mod extension;
 pub mod status;
 
 use std::path::PathBuf;

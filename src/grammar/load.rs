@@ -13,8 +13,15 @@ use nom::IResult;
 #[derive(Debug)]
 enum Elem {
     Word(String),
-    Positional { name: String, required: bool, group: Option<usize> },
-    Option { name: String, required: bool },
+    Positional {
+        name: String,
+        required: bool,
+        group: Option<usize>,
+    },
+    Option {
+        name: String,
+        required: bool,
+    },
 }
 
 fn word(i: &str) -> IResult<&str, &str> {
@@ -27,11 +34,19 @@ fn value_word(i: &str) -> IResult<&str, &str> {
 
 fn kind(i: &str) -> IResult<&str, ValueKind> {
     alt((
-        map(preceded(pair(tag("name"), opt(char('@'))), opt(word)), |of| ValueKind::Name {
-            of: of.map(str::to_string),
+        map(
+            preceded(pair(tag("name"), opt(char('@'))), opt(word)),
+            |of| ValueKind::Name {
+                of: of.map(str::to_string),
+            },
+        ),
+        map(preceded(pair(tag("ref"), space1), word), |k| {
+            ValueKind::Ref(k.to_string())
         }),
-        map(preceded(pair(tag("ref"), space1), word), |k| ValueKind::Ref(k.to_string())),
-        map(preceded(pair(tag("string"), space1), map_res(digit1, str::parse)), ValueKind::String),
+        map(
+            preceded(pair(tag("string"), space1), map_res(digit1, str::parse)),
+            ValueKind::String,
+        ),
         map(tag("text"), |_| ValueKind::Text),
         map(
             preceded(
@@ -49,13 +64,19 @@ fn kind(i: &str) -> IResult<&str, ValueKind> {
         map(tag("ipOrDomain"), |_| ValueKind::IpOrDomain),
         map(tag("ipOrName"), |_| ValueKind::IpOrName),
         map(tag("ip"), |_| ValueKind::Ip),
-        map(preceded(pair(tag("duration"), space1), word), |u| ValueKind::Duration {
-            unit: u.to_string(),
+        map(preceded(pair(tag("duration"), space1), word), |u| {
+            ValueKind::Duration {
+                unit: u.to_string(),
+            }
         }),
         map(tag("flag"), |_| ValueKind::Flag),
-        map(preceded(pair(tag("enum"), space1), separated_list1(char('|'), value_word)), |v| {
-            ValueKind::Enum(v.into_iter().map(str::to_string).collect())
-        }),
+        map(
+            preceded(
+                pair(tag("enum"), space1),
+                separated_list1(char('|'), value_word),
+            ),
+            |v| ValueKind::Enum(v.into_iter().map(str::to_string).collect()),
+        ),
         map(tag("rest"), |_| ValueKind::Rest),
     ))(i)
 }
@@ -94,8 +115,13 @@ fn object(i: &str) -> IResult<&str, (Vec<String>, Option<String>)> {
 /// `alias WORDS = WORDS`
 fn alias(i: &str) -> IResult<&str, (Vec<String>, Vec<String>)> {
     let words = |i| separated_list1(space1, word)(i);
-    let (i, (_, _, from, _, to)) =
-        tuple((tag("alias"), space1, words, delimited(space0, char('='), space0), words))(i)?;
+    let (i, (_, _, from, _, to)) = tuple((
+        tag("alias"),
+        space1,
+        words,
+        delimited(space0, char('='), space0),
+        words,
+    ))(i)?;
     let own = |v: Vec<&str>| v.into_iter().map(str::to_string).collect();
     Ok((i, (own(from), own(to))))
 }
@@ -107,6 +133,8 @@ fn synopsis(i: &str, next_group: &mut usize) -> Result<Vec<Elem>, String> {
     let mut group: Option<usize> = None;
     let mut rest_in = i.trim();
     let mut seen_arg = false;
+    // True right after `-opt`: a following `<v>` is that option's value, not a positional.
+    let mut after_option = false;
     while !rest_in.is_empty() {
         let tok_res: IResult<&str, &str> = alt((
             tag("["),
@@ -118,6 +146,7 @@ fn synopsis(i: &str, next_group: &mut usize) -> Result<Vec<Elem>, String> {
         ))(rest_in);
         let (r, tok) = tok_res.map_err(|e| format!("bad synopsis near '{rest_in}': {e}"))?;
         rest_in = r.trim_start();
+        let prev_was_option = std::mem::replace(&mut after_option, false);
         match tok {
             "[" => {
                 depth += 1;
@@ -135,16 +164,24 @@ fn synopsis(i: &str, next_group: &mut usize) -> Result<Vec<Elem>, String> {
             t if t.starts_with('<') => {
                 let name = t.trim_start_matches('<').trim_end_matches('>').to_string();
                 // A placeholder right after an option is its value, not a positional.
-                if matches!(out.last(), Some(Elem::Option { .. })) {
+                if prev_was_option {
                     continue;
                 }
                 seen_arg = true;
-                out.push(Elem::Positional { name, required: depth == 0, group });
+                out.push(Elem::Positional {
+                    name,
+                    required: depth == 0,
+                    group,
+                });
             }
             t if t.starts_with('(') => {} // enum values: the param declares them
             t if t.starts_with('-') => {
                 seen_arg = true;
-                out.push(Elem::Option { name: t[1..].to_string(), required: depth == 0 });
+                after_option = true;
+                out.push(Elem::Option {
+                    name: t[1..].to_string(),
+                    required: depth == 0,
+                });
             }
             t => {
                 if seen_arg {
@@ -161,7 +198,11 @@ fn synopsis(i: &str, next_group: &mut usize) -> Result<Vec<Elem>, String> {
 }
 
 pub(super) fn load(sources: &[(&str, &str)]) -> Result<Grammar, String> {
-    let mut g = Grammar { objects: Vec::new(), commands: Vec::new(), aliases: Vec::new() };
+    let mut g = Grammar {
+        objects: Vec::new(),
+        commands: Vec::new(),
+        aliases: Vec::new(),
+    };
     let mut next_group = 0usize;
     for (file, text) in sources {
         for (n, raw) in text.lines().enumerate() {
@@ -172,22 +213,35 @@ pub(super) fn load(sources: &[(&str, &str)]) -> Result<Grammar, String> {
                 continue;
             }
             if let Some(help) = trimmed.strip_prefix(':') {
-                let cmd = g.commands.last_mut().ok_or_else(|| at("help before any cmd".into()))?;
+                let cmd = g
+                    .commands
+                    .last_mut()
+                    .ok_or_else(|| at("help before any cmd".into()))?;
                 cmd.help = help.trim().to_string();
             } else if trimmed.starts_with("object") {
                 let (_, (words, key)) =
                     all_consuming(object)(trimmed).map_err(|e| at(e.to_string()))?;
                 let key = key.unwrap_or_else(|| words.concat().to_lowercase());
-                g.objects.push(ObjectDef { words, key, params: Vec::new() });
+                g.objects.push(ObjectDef {
+                    words,
+                    key,
+                    params: Vec::new(),
+                });
             } else if trimmed.starts_with("param") {
                 let (_, p) = all_consuming(param)(trimmed).map_err(|e| at(e.to_string()))?;
-                let obj = g.objects.last_mut().ok_or_else(|| at("param before object".into()))?;
+                let obj = g
+                    .objects
+                    .last_mut()
+                    .ok_or_else(|| at("param before object".into()))?;
                 obj.params.push(p);
             } else if trimmed.starts_with("alias") {
                 let (_, a) = all_consuming(alias)(trimmed).map_err(|e| at(e.to_string()))?;
                 g.aliases.push(a);
             } else if let Some(syn) = trimmed.strip_prefix("cmd ") {
-                let obj = g.objects.last().ok_or_else(|| at("cmd before object".into()))?;
+                let obj = g
+                    .objects
+                    .last()
+                    .ok_or_else(|| at("cmd before object".into()))?;
                 let elems = synopsis(syn, &mut next_group).map_err(at)?;
                 g.commands.push(resolve(obj, syn, elems).map_err(at)?);
             } else {
@@ -209,17 +263,26 @@ fn resolve(obj: &ObjectDef, syn: &str, elems: Vec<Elem>) -> Result<CommandDef, S
         options: Vec::new(),
     };
     let find = |name: &str| {
-        obj.param(name).cloned().ok_or_else(|| format!("no param '{name}' in object {}", obj.key))
+        obj.param(name)
+            .cloned()
+            .ok_or_else(|| format!("no param '{name}' in object {}", obj.key))
     };
     for e in elems {
         match e {
             Elem::Word(w) => cmd.path.push(w),
-            Elem::Positional { name, required, group } => {
-                cmd.positionals.push(Positional { param: find(&name)?, required, group })
-            }
-            Elem::Option { name, required } => {
-                cmd.options.push(OptionArg { param: find(&name)?, required })
-            }
+            Elem::Positional {
+                name,
+                required,
+                group,
+            } => cmd.positionals.push(Positional {
+                param: find(&name)?,
+                required,
+                group,
+            }),
+            Elem::Option { name, required } => cmd.options.push(OptionArg {
+                param: find(&name)?,
+                required,
+            }),
         }
     }
     // A single optional positional is not a group: only multi-positional groups are all-or-none.
@@ -238,25 +301,48 @@ mod tests {
 
     #[test]
     fn parses_param_lines() {
-        let (_, p) = param("param lbMethod enum ROUNDROBIN|LEASTCONNECTION = LEASTCONNECTION : How.")
-            .expect("param");
+        let (_, p) =
+            param("param lbMethod enum ROUNDROBIN|LEASTCONNECTION = LEASTCONNECTION : How.")
+                .expect("param");
         assert_eq!(p.name, "lbMethod");
         assert_eq!(p.default.as_deref(), Some("LEASTCONNECTION"));
         assert_eq!(p.help, "How.");
         let (_, p) = param("param maxClient int 0..4294967294 = 0 always : Max.").expect("param");
         assert!(p.always);
-        assert_eq!(p.kind, ValueKind::Int { min: 0, max: 4294967294 });
+        assert_eq!(
+            p.kind,
+            ValueKind::Int {
+                min: 0,
+                max: 4294967294
+            }
+        );
     }
 
     #[test]
     fn synopsis_groups_and_options() {
         let mut n = 0;
-        let e = synopsis("add lb vserver <name> <t> [<ip> <port>] -x <v> [-y <w>]", &mut n)
-            .expect("synopsis");
+        let e = synopsis(
+            "add lb vserver <name> <t> [<ip> <port>] -x <v> [-y <w>]",
+            &mut n,
+        )
+        .expect("synopsis");
         assert_eq!(e.len(), 9);
-        assert!(matches!(&e[5], Elem::Positional { required: false, group: Some(0), .. }));
+        assert!(matches!(
+            &e[5],
+            Elem::Positional {
+                required: false,
+                group: Some(0),
+                ..
+            }
+        ));
         assert!(matches!(&e[7], Elem::Option { required: true, .. }));
-        assert!(matches!(&e[8], Elem::Option { required: false, .. }));
+        assert!(matches!(
+            &e[8],
+            Elem::Option {
+                required: false,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -54,21 +54,28 @@ pub struct ParamDef {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ValueKind {
     /// An object name; `of` is the object key whose existing names complete it.
-    Name { of: Option<String> },
+    Name {
+        of: Option<String>,
+    },
     /// The name of an object of the given key (checked by config, completed by the shell).
     Ref(String),
     /// Text up to the given length.
     String(usize),
     /// Any text.
     Text,
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     Port,
     PortOrStar,
     Ip,
     IpOrDomain,
     IpOrName,
     /// An integer with an optional unit token (SEC, MSEC, MIN); `unit` is the default unit.
-    Duration { unit: String },
+    Duration {
+        unit: String,
+    },
     /// Takes no value.
     Flag,
     Enum(Vec<String>),
@@ -77,7 +84,7 @@ pub enum ValueKind {
 }
 
 /// One command: a path (verb and object words) and its arguments.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CommandDef {
     /// e.g. `["add", "lb", "vserver"]`, in canonical spelling.
     pub path: Vec<String>,
@@ -90,7 +97,7 @@ pub struct CommandDef {
     pub options: Vec<OptionArg>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Positional {
     pub param: ParamDef,
     pub required: bool,
@@ -98,7 +105,7 @@ pub struct Positional {
     pub group: Option<usize>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OptionArg {
     pub param: ParamDef,
     pub required: bool,
@@ -130,7 +137,9 @@ impl Grammar {
 
     /// The `add` command of an object (used to print ns.conf lines).
     pub fn add_command(&self, object: &str) -> Option<&CommandDef> {
-        self.commands.iter().find(|c| c.object == object && c.path[0] == "add")
+        self.commands
+            .iter()
+            .find(|c| c.object == object && c.path[0] == "add")
     }
 }
 
@@ -148,7 +157,10 @@ impl CommandDef {
 
     /// Every argument (positionals then options), for completion and help.
     pub fn params(&self) -> impl Iterator<Item = &ParamDef> {
-        self.positionals.iter().map(|p| &p.param).chain(self.options.iter().map(|o| &o.param))
+        self.positionals
+            .iter()
+            .map(|p| &p.param)
+            .chain(self.options.iter().map(|o| &o.param))
     }
 
     pub fn option(&self, name: &str) -> Option<&OptionArg> {
@@ -170,7 +182,9 @@ impl ValueKind {
             ValueKind::Ip => "<ip address>".into(),
             ValueKind::IpOrDomain => "<ip address | domain name>".into(),
             ValueKind::IpOrName => "<ip address | name>".into(),
-            ValueKind::Duration { unit } => format!("<integer> [SEC|MSEC|MIN] (default unit {unit})"),
+            ValueKind::Duration { unit } => {
+                format!("<integer> [SEC|MSEC|MIN] (default unit {unit})")
+            }
             ValueKind::Flag => String::new(),
             ValueKind::Enum(v) => format!("( {} )", v.join(" | ")),
             ValueKind::Rest => "<words>".into(),

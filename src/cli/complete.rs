@@ -1,0 +1,1 @@
+//! Completion and `?` help (filled in with the shell).

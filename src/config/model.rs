@@ -1,0 +1,215 @@
+//! The object graph: objects by kind and name, their parameters and their bindings.
+//!
+//! Parameters are kept as canonical strings keyed by the grammar's parameter names, so a new
+//! option needs no change here; bindings are typed because NetScaler's rules are about them.
+//! Objects remember their creation sequence: ns.conf prints each kind in creation order.
+
+use std::collections::BTreeMap;
+
+/// The object kinds nsemu models. The order is ns.conf's dependency order of `add` lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Extension,
+    UserProtocol,
+    Server,
+    Service,
+    ServiceGroup,
+    CertKey,
+    LbVserver,
+    UserVserver,
+    Monitor,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 9] = [
+        Kind::Extension,
+        Kind::UserProtocol,
+        Kind::Server,
+        Kind::Service,
+        Kind::ServiceGroup,
+        Kind::CertKey,
+        Kind::LbVserver,
+        Kind::UserVserver,
+        Kind::Monitor,
+    ];
+
+    /// The grammar's object key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Kind::Extension => "nsextension",
+            Kind::UserProtocol => "userprotocol",
+            Kind::Server => "server",
+            Kind::Service => "service",
+            Kind::ServiceGroup => "servicegroup",
+            Kind::CertKey => "sslcertkey",
+            Kind::LbVserver => "lbvserver",
+            Kind::UserVserver => "uservserver",
+            Kind::Monitor => "lbmonitor",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.key() == key)
+    }
+
+    /// The argument name NetScaler uses for this kind's name in messages.
+    pub fn name_arg(self) -> &'static str {
+        match self {
+            Kind::ServiceGroup => "serviceGroupName",
+            Kind::CertKey => "certkeyName",
+            Kind::Monitor => "monitorName",
+            _ => "name",
+        }
+    }
+
+    /// User protocol names are not case sensitive; every other name is.
+    fn fold(self, name: &str) -> String {
+        if self == Kind::UserProtocol {
+            name.to_ascii_uppercase()
+        } else {
+            name.to_string()
+        }
+    }
+}
+
+/// A binding of a service (or service group) to an lb vserver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbMember {
+    pub service: String,
+    pub weight: u32,
+}
+
+/// A monitor bound to a service or service group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorBind {
+    pub monitor: String,
+    pub weight: u32,
+    pub enabled: bool,
+    pub passive: bool,
+}
+
+/// A member of a service group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub server: String,
+    pub port: String,
+    pub weight: u32,
+    pub enabled: bool,
+}
+
+/// A certkey bound to an SSL entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertBind {
+    pub certkey: String,
+    pub ca: bool,
+    pub sni: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Object {
+    pub name: String,
+    /// Canonical values by grammar parameter name (positionals and options of `add`).
+    pub params: BTreeMap<String, String>,
+    /// Creation order.
+    pub seq: u64,
+    /// lb vserver: bound services and groups, in binding order.
+    pub members: Vec<LbMember>,
+    /// service, service group: bound monitors.
+    pub monitors: Vec<MonitorBind>,
+    /// service group: members.
+    pub group_members: Vec<GroupMember>,
+    /// SSL entities (lb vserver, user vserver, service): `set ssl vserver|service` values.
+    pub ssl: BTreeMap<String, String>,
+    /// SSL entities: bound certkeys.
+    pub certs: Vec<CertBind>,
+    /// SSL entities: bound ECC curves (recorded, not used by the engine).
+    pub ecc_curves: Vec<String>,
+    /// Extension: the imported source text.
+    pub code: Option<String>,
+    /// Extension: loaded into the engine (`add ns extension`, or import of a new name).
+    pub loaded: bool,
+    /// Service: graceful disable delay in seconds (runtime only, never saved).
+    pub drain_delay: Option<u32>,
+}
+
+impl Object {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.get("state") != Some("DISABLED")
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    objects: BTreeMap<(Kind, String), Object>,
+    next_seq: u64,
+}
+
+// === impl Config ===
+
+impl Config {
+    pub fn get(&self, kind: Kind, name: &str) -> Option<&Object> {
+        self.objects.get(&(kind, kind.fold(name)))
+    }
+
+    pub fn get_mut(&mut self, kind: Kind, name: &str) -> Option<&mut Object> {
+        self.objects.get_mut(&(kind, kind.fold(name)))
+    }
+
+    pub fn contains(&self, kind: Kind, name: &str) -> bool {
+        self.get(kind, name).is_some()
+    }
+
+    /// Inserts a new object at the end of its kind's creation order.
+    pub fn insert(&mut self, kind: Kind, mut obj: Object) {
+        obj.seq = self.next_seq;
+        self.next_seq += 1;
+        self.objects.insert((kind, kind.fold(&obj.name)), obj);
+    }
+
+    pub fn remove(&mut self, kind: Kind, name: &str) -> Option<Object> {
+        self.objects.remove(&(kind, kind.fold(name)))
+    }
+
+    /// Renames in place, keeping the creation order.
+    pub fn rename_object(&mut self, kind: Kind, old: &str, new: &str) {
+        if let Some(mut o) = self.remove(kind, old) {
+            o.name = new.to_string();
+            self.objects.insert((kind, kind.fold(new)), o);
+        }
+    }
+
+    /// Objects of a kind in name order.
+    pub fn iter(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+        self.objects
+            .range((kind, String::new())..)
+            .take_while(move |((k, _), _)| *k == kind)
+            .map(|(_, o)| o)
+    }
+
+    /// Objects of a kind in creation order (ns.conf and show order).
+    pub fn in_order(&self, kind: Kind) -> Vec<&Object> {
+        let mut v: Vec<&Object> = self.iter(kind).collect();
+        v.sort_by_key(|o| o.seq);
+        v
+    }
+
+    pub fn iter_mut(&mut self, kind: Kind) -> impl Iterator<Item = &mut Object> {
+        self.objects
+            .range_mut((kind, String::new())..)
+            .take_while(move |((k, _), _)| *k == kind)
+            .map(|(_, o)| o)
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+}

@@ -127,7 +127,10 @@ fn options<'a>(cmd: &'a Command, skip: &[&str]) -> Vec<(&'a str, &'a str)> {
 
 /// A new object with the command's arguments as parameters.
 fn object_from(cmd: &Command, name: &str) -> Object {
-    let mut o = Object { name: name.to_string(), ..Object::default() };
+    let mut o = Object {
+        name: name.to_string(),
+        ..Object::default()
+    };
     for (k, v) in &cmd.args {
         o.params.insert(k.clone(), v.clone());
     }
@@ -211,7 +214,8 @@ impl Config {
     }
 
     fn need(&self, kind: Kind, arg: &str, name: &str) -> Result<&Object, ConfigError> {
-        self.get(kind, name).ok_or_else(|| ConfigError::no_such(arg, name))
+        self.get(kind, name)
+            .ok_or_else(|| ConfigError::no_such(arg, name))
     }
 
     fn need_new(&self, kind: Kind, name: &str) -> Result<(), ConfigError> {
@@ -256,7 +260,11 @@ impl Config {
     fn set_state(&mut self, kind: Kind, cmd: &Command, key: &str, enable: bool) -> Res {
         let name = arg(cmd, key)?;
         if kind == Kind::Monitor && rules::builtin_monitor(name).is_some() {
-            return Err(ConfigError::new(2132, "Cannot modify a built-in monitor", Some(name.into())));
+            return Err(ConfigError::new(
+                2132,
+                "Cannot modify a built-in monitor",
+                Some(name.into()),
+            ));
         }
         self.need(kind, key, name)?;
         if let Some(o) = self.get_mut(kind, name) {
@@ -343,10 +351,18 @@ impl Config {
     fn import_extension(&mut self, cmd: &Command, inputs: &Inputs) -> Res {
         let name = arg(cmd, "name")?;
         if name.len() > 31 {
-            return Err(ConfigError::new(1106, "String length exceeds maximum", Some("name, 31".into())));
+            return Err(ConfigError::new(
+                1106,
+                "String length exceeds maximum",
+                Some("name, 31".into()),
+            ));
         }
         let code = inputs.extension_code.clone().ok_or_else(|| {
-            ConfigError::new(3963, "Extension loading error.", Some("src, no source text".into()))
+            ConfigError::new(
+                3963,
+                "Extension loading error.",
+                Some("src, no source text".into()),
+            )
         })?;
         match self.get_mut(Kind::Extension, name) {
             Some(_) if !cmd.has("overwrite") => Err(ConfigError::exists("name", name)),
@@ -373,7 +389,11 @@ impl Config {
     fn add_extension(&mut self, cmd: &Command) -> Res {
         let name = arg(cmd, "name")?;
         let o = self.get_mut(Kind::Extension, name).ok_or_else(|| {
-            ConfigError::new(3949, "Extension is not added.", Some(format!("name, {name}")))
+            ConfigError::new(
+                3949,
+                "Extension is not added.",
+                Some(format!("name, {name}")),
+            )
         })?;
         if o.loaded {
             return Err(ConfigError::exists("name", name));
@@ -389,7 +409,11 @@ impl Config {
         let name = arg(cmd, "name")?;
         let o = self.need(Kind::Extension, "name", name)?;
         if !o.loaded {
-            return Err(ConfigError::new(3948, "Add the extension before updating.", None));
+            return Err(ConfigError::new(
+                3948,
+                "Add the extension before updating.",
+                None,
+            ));
         }
         if let Some(u) = self.user_vserver_using_extension(name) {
             return Err(ConfigError::new(
@@ -425,8 +449,15 @@ impl Config {
     fn rm_extension(&mut self, cmd: &Command) -> Res {
         let name = arg(cmd, "name")?;
         self.need(Kind::Extension, "name", name)?;
-        if let Some(p) = self.iter(Kind::UserProtocol).find(|p| p.get("extension") == Some(name)) {
-            return Err(ConfigError::in_use("name", name, &format!("user protocol {}", p.name)));
+        if let Some(p) = self
+            .iter(Kind::UserProtocol)
+            .find(|p| p.get("extension") == Some(name))
+        {
+            return Err(ConfigError::in_use(
+                "name",
+                name,
+                &format!("user protocol {}", p.name),
+            ));
         }
         self.remove(Kind::Extension, name);
         done()
@@ -437,12 +468,19 @@ impl Config {
     fn add_user_protocol(&mut self, cmd: &Command) -> Res {
         let name = arg(cmd, "name")?;
         if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(ConfigError::invalid("name", "letters, digits and underscore only"));
+            return Err(ConfigError::invalid(
+                "name",
+                "letters, digits and underscore only",
+            ));
         }
         self.need_new(Kind::UserProtocol, name)?;
         let ext = arg(cmd, "extension")?;
         if !self.get(Kind::Extension, ext).is_some_and(|e| e.loaded) {
-            return Err(ConfigError::new(3949, "Extension is not added.", Some(format!("extension, {ext}"))));
+            return Err(ConfigError::new(
+                3949,
+                "Extension is not added.",
+                Some(format!("extension, {ext}")),
+            ));
         }
         self.insert(Kind::UserProtocol, object_from(cmd, name));
         done()
@@ -452,9 +490,14 @@ impl Config {
         let name = arg(cmd, "name")?;
         let p = self.need(Kind::UserProtocol, "name", name)?.name.clone();
         if let Some(u) = self.iter(Kind::UserVserver).find(|u| {
-            u.get("userProtocol").is_some_and(|up| up.eq_ignore_ascii_case(&p))
+            u.get("userProtocol")
+                .is_some_and(|up| up.eq_ignore_ascii_case(&p))
         }) {
-            return Err(ConfigError::in_use("name", name, &format!("user vserver {}", u.name)));
+            return Err(ConfigError::in_use(
+                "name",
+                name,
+                &format!("user vserver {}", u.name),
+            ));
         }
         self.remove(Kind::UserProtocol, name);
         done()
@@ -486,11 +529,17 @@ impl Config {
         let name = arg(cmd, "name")?;
         self.need_new(Kind::UserVserver, name)?;
         let proto = arg(cmd, "userProtocol")?;
-        let canonical = self.need(Kind::UserProtocol, "userProtocol", proto)?.name.clone();
+        let canonical = self
+            .need(Kind::UserProtocol, "userProtocol", proto)?
+            .name
+            .clone();
         self.check_default_lb(arg(cmd, "defaultLB")?)?;
         let (ip, port) = (arg(cmd, "IPAddress")?, arg(cmd, "port")?);
         if let Some(other) = self.address_taken(ip, port, name) {
-            return Err(ConfigError::exists("IPAddress:port", &format!("{ip}:{port} used by {other}")));
+            return Err(ConfigError::exists(
+                "IPAddress:port",
+                &format!("{ip}:{port} used by {other}"),
+            ));
         }
         if let Some(p) = cmd.get("params") {
             check_params(p)?;
@@ -510,7 +559,10 @@ impl Config {
         if let Some(ip) = cmd.get("IPAddress") {
             let port = cur.get("port").unwrap_or("");
             if let Some(other) = self.address_taken(ip, port, name) {
-                return Err(ConfigError::exists("IPAddress:port", &format!("{ip}:{port} used by {other}")));
+                return Err(ConfigError::exists(
+                    "IPAddress:port",
+                    &format!("{ip}:{port} used by {other}"),
+                ));
             }
         }
         if let Some(p) = cmd.get("params") {
@@ -551,7 +603,11 @@ impl Config {
             .iter(Kind::ServiceGroup)
             .find(|g| g.group_members.iter().any(|m| m.server == name))
         {
-            return Err(ConfigError::in_use("name", &name, &format!("service group {}", g.name)));
+            return Err(ConfigError::in_use(
+                "name",
+                &name,
+                &format!("service group {}", g.name),
+            ));
         }
         for svc in self.services_of_server(&name) {
             self.drop_service(&svc);
@@ -563,7 +619,9 @@ impl Config {
     fn set_server(&mut self, cmd: &Command) -> Res {
         let name = arg(cmd, "name")?;
         let cur = self.need(Kind::Server, "name", name)?;
-        let cur_is_ip = cur.get("IPAddress").is_some_and(|a| a.parse::<std::net::IpAddr>().is_ok());
+        let cur_is_ip = cur
+            .get("IPAddress")
+            .is_some_and(|a| a.parse::<std::net::IpAddr>().is_ok());
         if let Some(ip) = cmd.get("IPAddress") {
             if !cur_is_ip {
                 return Err(ConfigError::new(
@@ -573,7 +631,11 @@ impl Config {
                 ));
             }
             if ip.parse::<std::net::IpAddr>().is_err() {
-                return Err(ConfigError::new(1110, "Invalid IP address", Some(format!("IPAddress, {ip}"))));
+                return Err(ConfigError::new(
+                    1110,
+                    "Invalid IP address",
+                    Some(format!("IPAddress, {ip}")),
+                ));
             }
         }
         self.set_simple(Kind::Server, cmd, "name")
@@ -588,7 +650,10 @@ impl Config {
             return Ok(None);
         }
         if server.parse::<std::net::IpAddr>().is_ok() {
-            let mut o = Object { name: server.to_string(), ..Object::default() };
+            let mut o = Object {
+                name: server.to_string(),
+                ..Object::default()
+            };
             o.params.insert("name".into(), server.to_string());
             o.params.insert("IPAddress".into(), server.to_string());
             return Ok(Some(o));
@@ -682,7 +747,11 @@ impl Config {
         let delay = cmd.get("delay").and_then(|d| d.parse::<u32>().ok());
         if let Some(o) = self.get_mut(Kind::Service, name) {
             o.params.insert("state".into(), "DISABLED".into());
-            o.drain_delay = if graceful || delay.is_some() { Some(delay.unwrap_or(0)) } else { None };
+            o.drain_delay = if graceful || delay.is_some() {
+                Some(delay.unwrap_or(0))
+            } else {
+                None
+            };
         }
         done()
     }
@@ -690,7 +759,11 @@ impl Config {
     fn monitor_type(&self, name: &str) -> Option<String> {
         rules::builtin_monitor(name)
             .map(str::to_string)
-            .or_else(|| self.get(Kind::Monitor, name).and_then(|m| m.get("type")).map(str::to_string))
+            .or_else(|| {
+                self.get(Kind::Monitor, name)
+                    .and_then(|m| m.get("type"))
+                    .map(str::to_string)
+            })
     }
 
     fn bind_monitor(&mut self, kind: Kind, cmd: &Command, key: &str) -> Res {
@@ -698,13 +771,25 @@ impl Config {
         let mon = arg(cmd, "monitorName")?;
         let obj = self.need(kind, key, name)?;
         if self.monitor_type(mon).is_none() {
-            return Err(ConfigError::new(2171, "Monitor does not exist", Some(format!("monitorName, {mon}"))));
+            return Err(ConfigError::new(
+                2171,
+                "Monitor does not exist",
+                Some(format!("monitorName, {mon}")),
+            ));
         }
         if rules::DEFAULT_MONITORS.contains(&mon) {
-            return Err(ConfigError::new(2165, "Cannot bind default monitor", Some(format!("monitorName, {mon}"))));
+            return Err(ConfigError::new(
+                2165,
+                "Cannot bind default monitor",
+                Some(format!("monitorName, {mon}")),
+            ));
         }
         if obj.monitors.iter().any(|m| m.monitor == mon) {
-            return Err(ConfigError::new(2133, "The monitor is already bound to the service", None));
+            return Err(ConfigError::new(
+                2133,
+                "The monitor is already bound to the service",
+                None,
+            ));
         }
         let bind = MonitorBind {
             monitor: mon.to_string(),
@@ -723,7 +808,11 @@ impl Config {
         let mon = arg(cmd, "monitorName")?;
         let obj = self.need(kind, key, name)?;
         if !obj.monitors.iter().any(|m| m.monitor == mon) {
-            return Err(ConfigError::new(2170, "Monitor not bound to service", Some(format!("monitorName, {mon}"))));
+            return Err(ConfigError::new(
+                2170,
+                "Monitor not bound to service",
+                Some(format!("monitorName, {mon}")),
+            ));
         }
         if let Some(o) = self.get_mut(kind, name) {
             o.monitors.retain(|m| m.monitor != mon);
@@ -737,7 +826,9 @@ impl Config {
         let mut args = std::collections::BTreeMap::new();
         args.insert("name".to_string(), svc.to_string());
         args.insert("monitorName".to_string(), mon.to_string());
-        let def = grammar().command(&["bind", "service"]).ok_or_else(|| ConfigError::no_such("command", "bind service"))?;
+        let def = grammar()
+            .command(&["bind", "service"])
+            .ok_or_else(|| ConfigError::no_such("command", "bind service"))?;
         self.bind_monitor(Kind::Service, &Command { def, args }, "name")?;
         warn("Argument deprecated [serviceName]".into())
     }
@@ -759,12 +850,22 @@ impl Config {
                 "Arguments cannot both be specified",
                 Some("serverName, monitorName".into()),
             )),
-            (None, None) => Err(ConfigError::new(1095, "Required argument missing", Some("serverName".into()))),
+            (None, None) => Err(ConfigError::new(
+                1095,
+                "Required argument missing",
+                Some("serverName".into()),
+            )),
             (None, Some(_)) => self.bind_monitor(Kind::ServiceGroup, cmd, "serviceGroupName"),
             (Some((server, port)), None) => {
                 let g = self.need(Kind::ServiceGroup, "serviceGroupName", name)?;
-                if g.group_members.iter().any(|m| m.server == server && m.port == port) {
-                    return Err(ConfigError::exists("serverName", &format!("{server} {port}")));
+                if g.group_members
+                    .iter()
+                    .any(|m| m.server == server && m.port == port)
+                {
+                    return Err(ConfigError::exists(
+                        "serverName",
+                        &format!("{server} {port}"),
+                    ));
                 }
                 let new_server = self.server_for(&server)?;
                 if let Some(s) = new_server {
@@ -772,7 +873,12 @@ impl Config {
                 }
                 let weight = cmd.get("weight").and_then(|w| w.parse().ok()).unwrap_or(1);
                 if let Some(g) = self.get_mut(Kind::ServiceGroup, name) {
-                    g.group_members.push(GroupMember { server, port, weight, enabled: true });
+                    g.group_members.push(GroupMember {
+                        server,
+                        port,
+                        weight,
+                        enabled: true,
+                    });
                 }
                 done()
             }
@@ -784,18 +890,30 @@ impl Config {
         let g = self.need(Kind::ServiceGroup, "serviceGroupName", name)?;
         match self.member_args(cmd)? {
             Some((server, port)) => {
-                if !g.group_members.iter().any(|m| m.server == server && m.port == port) {
-                    return Err(ConfigError::no_such("serverName", &format!("{server} {port}")));
+                if !g
+                    .group_members
+                    .iter()
+                    .any(|m| m.server == server && m.port == port)
+                {
+                    return Err(ConfigError::no_such(
+                        "serverName",
+                        &format!("{server} {port}"),
+                    ));
                 }
                 if let Some(g) = self.get_mut(Kind::ServiceGroup, name) {
-                    g.group_members.retain(|m| !(m.server == server && m.port == port));
+                    g.group_members
+                        .retain(|m| !(m.server == server && m.port == port));
                 }
                 done()
             }
             None if cmd.has("monitorName") => {
                 self.unbind_monitor(Kind::ServiceGroup, cmd, "serviceGroupName")
             }
-            None => Err(ConfigError::new(1095, "Required argument missing", Some("serverName".into()))),
+            None => Err(ConfigError::new(
+                1095,
+                "Required argument missing",
+                Some("serverName".into()),
+            )),
         }
     }
 
@@ -805,8 +923,15 @@ impl Config {
         match self.member_args(cmd)? {
             None => self.set_state(Kind::ServiceGroup, cmd, "serviceGroupName", enable),
             Some((server, port)) => {
-                if !g.group_members.iter().any(|m| m.server == server && m.port == port) {
-                    return Err(ConfigError::no_such("serverName", &format!("{server} {port}")));
+                if !g
+                    .group_members
+                    .iter()
+                    .any(|m| m.server == server && m.port == port)
+                {
+                    return Err(ConfigError::no_such(
+                        "serverName",
+                        &format!("{server} {port}"),
+                    ));
                 }
                 if let Some(g) = self.get_mut(Kind::ServiceGroup, name) {
                     for m in &mut g.group_members {
@@ -834,12 +959,19 @@ impl Config {
         }
         if let (Some(ip), Some(port)) = (cmd.get("IPAddress"), cmd.get("port")) {
             if let Some(other) = self.address_taken(ip, port, name) {
-                return Err(ConfigError::exists("IPAddress:port", &format!("{ip}:{port} used by {other}")));
+                return Err(ConfigError::exists(
+                    "IPAddress:port",
+                    &format!("{ip}:{port} used by {other}"),
+                ));
             }
         }
         let mut o = object_from(cmd, name);
-        o.params.entry("cltTimeout".into()).or_insert_with(|| rules::vserver_clt_timeout(ty).to_string());
-        o.params.entry("persistenceType".into()).or_insert_with(|| "NONE".into());
+        o.params
+            .entry("cltTimeout".into())
+            .or_insert_with(|| rules::vserver_clt_timeout(ty).to_string());
+        o.params
+            .entry("persistenceType".into())
+            .or_insert_with(|| "NONE".into());
         self.insert(Kind::LbVserver, o);
         done()
     }
@@ -847,8 +979,15 @@ impl Config {
     fn rm_lb_vserver(&mut self, cmd: &Command) -> Res {
         let name = arg(cmd, "name")?;
         self.need(Kind::LbVserver, "name", name)?;
-        if let Some(u) = self.iter(Kind::UserVserver).find(|u| u.get("defaultLB") == Some(name)) {
-            return Err(ConfigError::in_use("name", name, &format!("default lb vserver of user vserver {}", u.name)));
+        if let Some(u) = self
+            .iter(Kind::UserVserver)
+            .find(|u| u.get("defaultLB") == Some(name))
+        {
+            return Err(ConfigError::in_use(
+                "name",
+                name,
+                &format!("default lb vserver of user vserver {}", u.name),
+            ));
         }
         self.remove(Kind::LbVserver, name);
         done()
@@ -859,13 +998,22 @@ impl Config {
         let v = self.need(Kind::LbVserver, "name", name)?;
         if let Some(ip) = cmd.get("IPAddress") {
             if rules::is_user_type(v.get("serviceType").unwrap_or("")) {
-                return Err(ConfigError::invalid("IPAddress", "a USER_TCP or USER_SSL_TCP virtual server takes no IP address or port"));
+                return Err(ConfigError::invalid(
+                    "IPAddress",
+                    "a USER_TCP or USER_SSL_TCP virtual server takes no IP address or port",
+                ));
             }
             if v.get("port").is_none() {
-                return Err(ConfigError::invalid("IPAddress", "the virtual server has no port"));
+                return Err(ConfigError::invalid(
+                    "IPAddress",
+                    "the virtual server has no port",
+                ));
             }
             if let Some(other) = self.address_taken(ip, v.get("port").unwrap_or(""), name) {
-                return Err(ConfigError::exists("IPAddress", &format!("{ip} used by {other}")));
+                return Err(ConfigError::exists(
+                    "IPAddress",
+                    &format!("{ip} used by {other}"),
+                ));
             }
         }
         self.set_simple(Kind::LbVserver, cmd, "name")
@@ -876,8 +1024,12 @@ impl Config {
         let name = arg(cmd, "name")?;
         if let Some(o) = self.get_mut(Kind::LbVserver, name) {
             let ty = o.get("serviceType").unwrap_or("TCP").to_string();
-            o.params.entry("cltTimeout".into()).or_insert_with(|| rules::vserver_clt_timeout(&ty).to_string());
-            o.params.entry("persistenceType".into()).or_insert_with(|| "NONE".into());
+            o.params
+                .entry("cltTimeout".into())
+                .or_insert_with(|| rules::vserver_clt_timeout(&ty).to_string());
+            o.params
+                .entry("persistenceType".into())
+                .or_insert_with(|| "NONE".into());
         }
         done()
     }
@@ -890,7 +1042,10 @@ impl Config {
             .get(Kind::Service, svc)
             .or_else(|| self.get(Kind::ServiceGroup, svc))
             .ok_or_else(|| ConfigError::no_such("serviceName", svc))?;
-        let (vt, st) = (v.get("serviceType").unwrap_or(""), target.get("serviceType").unwrap_or(""));
+        let (vt, st) = (
+            v.get("serviceType").unwrap_or(""),
+            target.get("serviceType").unwrap_or(""),
+        );
         if !rules::compatible(vt, st) {
             return Err(ConfigError::new(
                 1304,
@@ -904,7 +1059,10 @@ impl Config {
         let weight = cmd.get("weight").and_then(|w| w.parse().ok()).unwrap_or(1);
         let svc = svc.to_string();
         if let Some(v) = self.get_mut(Kind::LbVserver, name) {
-            v.members.push(LbMember { service: svc, weight });
+            v.members.push(LbMember {
+                service: svc,
+                weight,
+            });
         }
         done()
     }
@@ -914,7 +1072,11 @@ impl Config {
         let svc = arg(cmd, "serviceName")?;
         let v = self.need(Kind::LbVserver, "name", name)?;
         if !v.members.iter().any(|m| m.service == svc) {
-            return Err(ConfigError::new(1303, "Service not bound to Vserver", Some(format!("serviceName, {svc}"))));
+            return Err(ConfigError::new(
+                1303,
+                "Service not bound to Vserver",
+                Some(format!("serviceName, {svc}")),
+            ));
         }
         if let Some(v) = self.get_mut(Kind::LbVserver, name) {
             v.members.retain(|m| m.service != svc);
@@ -939,12 +1101,20 @@ impl Config {
     fn rm_monitor(&mut self, cmd: &Command) -> Res {
         let name = arg(cmd, "monitorName")?;
         if rules::builtin_monitor(name).is_some() {
-            return Err(ConfigError::new(2132, "Cannot remove a built-in monitor", Some(name.into())));
+            return Err(ConfigError::new(
+                2132,
+                "Cannot remove a built-in monitor",
+                Some(name.into()),
+            ));
         }
         let m = self.need(Kind::Monitor, "monitorName", name)?;
         if let Some(t) = cmd.get("type") {
             if m.get("type") != Some(t) {
-                return Err(ConfigError::new(2155, "Existing monitor is of different type than given", None));
+                return Err(ConfigError::new(
+                    2155,
+                    "Existing monitor is of different type than given",
+                    None,
+                ));
             }
         }
         let bound = self
@@ -952,7 +1122,11 @@ impl Config {
             .chain(self.iter(Kind::ServiceGroup))
             .find(|s| s.monitors.iter().any(|b| b.monitor == name));
         if let Some(s) = bound {
-            return Err(ConfigError::new(2131, "Monitor must be unbound before it can be deleted", Some(format!("monitorName, {name}: bound to {}", s.name))));
+            return Err(ConfigError::new(
+                2131,
+                "Monitor must be unbound before it can be deleted",
+                Some(format!("monitorName, {name}: bound to {}", s.name)),
+            ));
         }
         self.remove(Kind::Monitor, name);
         done()
@@ -961,11 +1135,19 @@ impl Config {
     fn set_monitor(&mut self, cmd: &Command, unset: bool) -> Res {
         let name = arg(cmd, "monitorName")?;
         if rules::builtin_monitor(name).is_some() {
-            return Err(ConfigError::new(2132, "Cannot modify a built-in monitor", Some(name.into())));
+            return Err(ConfigError::new(
+                2132,
+                "Cannot modify a built-in monitor",
+                Some(name.into()),
+            ));
         }
         let m = self.need(Kind::Monitor, "monitorName", name)?;
         if m.get("type") != cmd.get("type") {
-            return Err(ConfigError::new(2155, "Existing monitor is of different type than given", None));
+            return Err(ConfigError::new(
+                2155,
+                "Existing monitor is of different type than given",
+                None,
+            ));
         }
         let opts = options(cmd, &["monitorName", "type"]);
         if opts.is_empty() {
@@ -995,7 +1177,10 @@ impl Config {
             return Err(ConfigError::invalid("inform", "nsemu reads PEM files only"));
         }
         if cmd.has("password") {
-            return Err(ConfigError::invalid("password", "encrypted keys are not supported"));
+            return Err(ConfigError::invalid(
+                "password",
+                "encrypted keys are not supported",
+            ));
         }
         self.insert(Kind::CertKey, object_from(cmd, name));
         done()
@@ -1084,10 +1269,16 @@ impl Config {
                 ));
             }
         }
-        let defaults = grammar().object(if kind == Kind::Service { "sslservice" } else { "sslvserver" });
+        let defaults = grammar().object(if kind == Kind::Service {
+            "sslservice"
+        } else {
+            "sslvserver"
+        });
         if let Some(o) = self.get_mut(kind, &name) {
             for (k, v) in opts {
-                let default = defaults.and_then(|d| d.param(k)).and_then(|p| p.default.as_deref());
+                let default = defaults
+                    .and_then(|d| d.param(k))
+                    .and_then(|p| p.default.as_deref());
                 if unset || default == Some(v) {
                     o.ssl.remove(k);
                 } else {
@@ -1104,17 +1295,31 @@ impl Config {
         let bind = match (cmd.get("certkeyName"), cmd.get("eccCurveName")) {
             (Some(ck), _) => {
                 if !self.contains(Kind::CertKey, ck) {
-                    return Err(ConfigError::new(1540, "Certificate does not exist", Some(format!("certkeyName, {ck}"))));
+                    return Err(ConfigError::new(
+                        1540,
+                        "Certificate does not exist",
+                        Some(format!("certkeyName, {ck}")),
+                    ));
                 }
-                Some(CertBind { certkey: ck.to_string(), ca: cmd.has("CA"), sni: cmd.has("SNICert") })
+                Some(CertBind {
+                    certkey: ck.to_string(),
+                    ca: cmd.has("CA"),
+                    sni: cmd.has("SNICert"),
+                })
             }
             (None, Some(_)) => None,
             (None, None) if cmd.has("cipherName") => None,
             (None, None) => {
-                return Err(ConfigError::new(1095, "Required argument missing", Some("certkeyName".into())))
+                return Err(ConfigError::new(
+                    1095,
+                    "Required argument missing",
+                    Some("certkeyName".into()),
+                ))
             }
         };
-        let o = self.get(kind, &name).ok_or_else(|| ConfigError::no_such("vServerName", &name))?;
+        let o = self
+            .get(kind, &name)
+            .ok_or_else(|| ConfigError::no_such("vServerName", &name))?;
         if let Some(b) = &bind {
             if o.certs.iter().any(|c| c.certkey == b.certkey) {
                 return Err(ConfigError::exists("certkeyName", &b.certkey));
@@ -1142,10 +1347,16 @@ impl Config {
 
     fn unbind_ssl(&mut self, cmd: &Command) -> Res {
         let (kind, name) = self.ssl_entity(cmd)?;
-        let o = self.get(kind, &name).ok_or_else(|| ConfigError::no_such("vServerName", &name))?;
+        let o = self
+            .get(kind, &name)
+            .ok_or_else(|| ConfigError::no_such("vServerName", &name))?;
         if let Some(ck) = cmd.get("certkeyName") {
             if !o.certs.iter().any(|c| c.certkey == ck) {
-                return Err(ConfigError::new(1542, "Certificate binding does not exist", Some(format!("certkeyName, {ck}"))));
+                return Err(ConfigError::new(
+                    1542,
+                    "Certificate binding does not exist",
+                    Some(format!("certkeyName, {ck}")),
+                ));
             }
         }
         let (ck, curve) = (cmd.get("certkeyName"), cmd.get("eccCurveName"));
@@ -1162,15 +1373,25 @@ impl Config {
 }
 
 fn not_ssl(name: &str) -> ConfigError {
-    ConfigError::new(1544, "Objects protocol type is not SSL", Some(format!("vServerName, {name}")))
+    ConfigError::new(
+        1544,
+        "Objects protocol type is not SSL",
+        Some(format!("vServerName, {name}")),
+    )
 }
 
 /// Services and groups always carry the fixed block of ns.conf; fill what was not typed.
 fn fill_service_defaults(o: &mut Object, ty: &str) {
     let (clt, svr) = rules::service_timeouts(ty);
-    o.params.entry("cltTimeout".into()).or_insert_with(|| clt.to_string());
-    o.params.entry("svrTimeout".into()).or_insert_with(|| svr.to_string());
-    o.params.entry("useproxyport".into()).or_insert_with(|| rules::service_useproxyport(ty).into());
+    o.params
+        .entry("cltTimeout".into())
+        .or_insert_with(|| clt.to_string());
+    o.params
+        .entry("svrTimeout".into())
+        .or_insert_with(|| svr.to_string());
+    o.params
+        .entry("useproxyport".into())
+        .or_insert_with(|| rules::service_useproxyport(ty).into());
 }
 
 /// `-params "a=1 b=2"`: names and values at most 63 characters (NetScaler 1503).
@@ -1205,7 +1426,11 @@ fn check_monitor_timing(m: &Object) -> Result<(), ConfigError> {
     let interval = duration_ms(m.get("interval").unwrap_or("5"), "SEC");
     let resp = duration_ms(m.get("resptimeout").unwrap_or("2"), "SEC");
     if resp >= interval {
-        return Err(ConfigError::new(2128, "Monitor interval must be greater than response timeout", None));
+        return Err(ConfigError::new(
+            2128,
+            "Monitor interval must be greater than response timeout",
+            None,
+        ));
     }
     Ok(())
 }

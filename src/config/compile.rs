@@ -51,7 +51,10 @@ fn tls_versions(o: &Object) -> TlsVersions {
 }
 
 fn server_cert(certs: &[CertBind]) -> Option<String> {
-    certs.iter().find(|c| !c.ca && !c.sni).map(|c| c.certkey.clone())
+    certs
+        .iter()
+        .find(|c| !c.ca && !c.sni)
+        .map(|c| c.certkey.clone())
 }
 
 fn resolve(dir: &Path, file: &str) -> PathBuf {
@@ -66,7 +69,10 @@ fn resolve(dir: &Path, file: &str) -> PathBuf {
 impl Snapshot {
     /// Compiles the engine's view of `cfg`.
     pub fn compile(cfg: &Config, env: &CompileEnv, generation: u64) -> Snapshot {
-        let mut s = Snapshot { generation, ..Snapshot::default() };
+        let mut s = Snapshot {
+            generation,
+            ..Snapshot::default()
+        };
 
         for e in cfg.iter(Kind::Extension).filter(|e| e.loaded) {
             s.extensions.insert(
@@ -89,7 +95,8 @@ impl Snapshot {
             );
         }
         for (name, kind) in rules::BUILTIN_MONITORS {
-            s.monitors.insert(name.to_string(), builtin_monitor(name, kind));
+            s.monitors
+                .insert(name.to_string(), builtin_monitor(name, kind));
         }
         for m in cfg.iter(Kind::Monitor) {
             s.monitors.insert(m.name.clone(), monitor(m));
@@ -109,19 +116,34 @@ impl Snapshot {
                     (t, sv.enabled())
                 }
                 // A service always has its server (config rule); be total anyway.
-                None => (Target::Domain { name: server.to_string(), resolve_retry_secs: 5 }, false),
+                None => (
+                    Target::Domain {
+                        name: server.to_string(),
+                        resolve_retry_secs: 5,
+                    },
+                    false,
+                ),
             }
         };
         let binds = |o: &Object| -> Vec<MonitorBinding> {
             o.monitors
                 .iter()
-                .map(|m| MonitorBinding { monitor: m.monitor.clone(), weight: m.weight, enabled: m.enabled })
+                .map(|m| MonitorBinding {
+                    monitor: m.monitor.clone(),
+                    weight: m.weight,
+                    enabled: m.enabled,
+                })
                 .collect()
         };
         for o in cfg.iter(Kind::Service) {
             let server = o.get("serverName").unwrap_or("").to_string();
             let (t, server_on) = target(&server);
-            let ca = o.certs.iter().filter(|c| c.ca).map(|c| c.certkey.clone()).collect();
+            let ca = o
+                .certs
+                .iter()
+                .filter(|c| c.ca)
+                .map(|c| c.certkey.clone())
+                .collect();
             s.services.insert(
                 o.name.clone(),
                 ServiceSpec {
@@ -169,7 +191,10 @@ impl Snapshot {
                         drain_delay_secs: None,
                     },
                 );
-                group_members.entry(g.name.clone()).or_default().push((name, m.weight));
+                group_members
+                    .entry(g.name.clone())
+                    .or_default()
+                    .push((name, m.weight));
             }
         }
 
@@ -177,13 +202,20 @@ impl Snapshot {
             let mut members = Vec::new();
             for m in &v.members {
                 match group_members.get(&m.service) {
-                    Some(gm) => members.extend(
-                        gm.iter().map(|(n, w)| Member { service: n.clone(), weight: *w }),
-                    ),
-                    None => members.push(Member { service: m.service.clone(), weight: m.weight }),
+                    Some(gm) => members.extend(gm.iter().map(|(n, w)| Member {
+                        service: n.clone(),
+                        weight: *w,
+                    })),
+                    None => members.push(Member {
+                        service: m.service.clone(),
+                        weight: m.weight,
+                    }),
                 }
             }
-            let listen = match (v.get("IPAddress").and_then(|a| a.parse().ok()), v.get("port")) {
+            let listen = match (
+                v.get("IPAddress").and_then(|a| a.parse().ok()),
+                v.get("port"),
+            ) {
                 (Some(ip), Some(p)) => p.parse().ok().map(|p| (ip, p)),
                 _ => None,
             };
@@ -217,10 +249,14 @@ impl Snapshot {
         }
 
         for u in cfg.iter(Kind::UserVserver) {
-            let proto = u.get("userProtocol").and_then(|p| cfg.get(Kind::UserProtocol, p));
+            let proto = u
+                .get("userProtocol")
+                .and_then(|p| cfg.get(Kind::UserProtocol, p));
             let default_lb = u.get("defaultLB").unwrap_or("").to_string();
             let lb = cfg.get(Kind::LbVserver, &default_lb);
-            let Some(ip) = u.get("IPAddress").and_then(|a| a.parse().ok()) else { continue };
+            let Some(ip) = u.get("IPAddress").and_then(|a| a.parse().ok()) else {
+                continue;
+            };
             s.user_vservers.insert(
                 u.name.clone(),
                 UserVserverSpec {
@@ -234,12 +270,20 @@ impl Snapshot {
                     },
                     extension: proto.and_then(|p| p.get("extension")).map(str::to_string),
                     default_lb,
-                    params: u.get("params").and_then(|p| check_params(p).ok()).unwrap_or_default(),
+                    params: u
+                        .get("params")
+                        .and_then(|p| check_params(p).ok())
+                        .unwrap_or_default(),
                     enabled: u.enabled(),
                     // The user vserver's own certkey; else the one bound to its default lb
                     // vserver, as the lab binds it there (docs/decisions.md).
-                    certkey: server_cert(&u.certs).or_else(|| lb.and_then(|l| server_cert(&l.certs))),
-                    tls: if u.ssl.is_empty() { lb.map(tls_versions).unwrap_or_default() } else { tls_versions(u) },
+                    certkey: server_cert(&u.certs)
+                        .or_else(|| lb.and_then(|l| server_cert(&l.certs))),
+                    tls: if u.ssl.is_empty() {
+                        lb.map(tls_versions).unwrap_or_default()
+                    } else {
+                        tls_versions(u)
+                    },
                     clt_timeout: lb.map(|l| num(l, "cltTimeout", 180)).unwrap_or(180),
                 },
             );

@@ -13,7 +13,11 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(code: u32, message: &str, detail: Option<String>) -> ConfigError {
-        ConfigError { code, message: message.to_string(), detail }
+        ConfigError {
+            code,
+            message: message.to_string(),
+            detail,
+        }
     }
 
     /// 258
@@ -23,12 +27,20 @@ impl ConfigError {
 
     /// 273
     pub fn exists(arg: &str, value: &str) -> ConfigError {
-        Self::new(273, "Resource already exists", Some(format!("{arg}, {value}")))
+        Self::new(
+            273,
+            "Resource already exists",
+            Some(format!("{arg}, {value}")),
+        )
     }
 
     /// 315
     pub fn in_use(arg: &str, value: &str, by: &str) -> ConfigError {
-        Self::new(315, "Resource in use", Some(format!("{arg}, {value}: {by}")))
+        Self::new(
+            315,
+            "Resource in use",
+            Some(format!("{arg}, {value}: {by}")),
+        )
     }
 
     /// 278

@@ -28,10 +28,13 @@ pub struct LineError {
 /// The `add` line of an object, from its kind's `add` command in the grammar.
 fn add_line(kind: Kind, o: &Object) -> String {
     let g = grammar();
-    let Some(cmd) = g.add_command(kind.key()).or_else(|| {
-        // Extensions are recorded by their import command.
-        g.command(&["import", "ns", "extension"]).filter(|_| kind == Kind::Extension)
-    }) else {
+    // Extensions are recorded by their import command, which also loads them at boot.
+    let cmd = if kind == Kind::Extension {
+        g.command(&["import", "ns", "extension"])
+    } else {
+        g.add_command(kind.key())
+    };
+    let Some(cmd) = cmd else {
         return String::new();
     };
     let mut line = cmd.path_str();
@@ -43,7 +46,12 @@ fn add_line(kind: Kind, o: &Object) -> String {
     }
     for opt in &cmd.options {
         let p = &opt.param;
-        let Some(v) = o.get(&p.name) else { continue };
+        let Some(v) = o
+            .get(&p.name)
+            .or(if p.always { p.default.as_deref() } else { None })
+        else {
+            continue;
+        };
         if !p.always && p.default.as_deref() == Some(v) {
             continue;
         }
@@ -60,15 +68,31 @@ fn add_line(kind: Kind, o: &Object) -> String {
 /// The running configuration as ns.conf lines (no header).
 pub fn lines(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    for kind in [Kind::Extension, Kind::UserProtocol, Kind::Server, Kind::Service, Kind::ServiceGroup, Kind::CertKey, Kind::LbVserver] {
+    for kind in [
+        Kind::Extension,
+        Kind::UserProtocol,
+        Kind::Server,
+        Kind::Service,
+        Kind::ServiceGroup,
+        Kind::CertKey,
+        Kind::LbVserver,
+    ] {
         for o in cfg.in_order(kind) {
             out.push(add_line(kind, o));
         }
     }
     for v in cfg.in_order(Kind::LbVserver) {
         for m in &v.members {
-            let w = if m.weight != 1 { format!(" -weight {}", m.weight) } else { String::new() };
-            out.push(format!("bind lb vserver {} {}{w}", quote(&v.name), quote(&m.service)));
+            let w = if m.weight != 1 {
+                format!(" -weight {}", m.weight)
+            } else {
+                String::new()
+            };
+            out.push(format!(
+                "bind lb vserver {} {}{w}",
+                quote(&v.name),
+                quote(&m.service)
+            ));
         }
     }
     for o in cfg.in_order(Kind::UserVserver) {
@@ -77,14 +101,30 @@ pub fn lines(cfg: &Config) -> Vec<String> {
     for o in cfg.in_order(Kind::Monitor) {
         out.push(add_line(Kind::Monitor, o));
     }
-    for (kind, verb) in [(Kind::Service, "service"), (Kind::ServiceGroup, "serviceGroup")] {
+    for (kind, verb) in [
+        (Kind::Service, "service"),
+        (Kind::ServiceGroup, "serviceGroup"),
+    ] {
         for s in cfg.in_order(kind) {
             for m in &s.group_members {
-                let w = if m.weight != 1 { format!(" -weight {}", m.weight) } else { String::new() };
-                out.push(format!("bind serviceGroup {} {} {}{w}", quote(&s.name), quote(&m.server), m.port));
+                let w = if m.weight != 1 {
+                    format!(" -weight {}", m.weight)
+                } else {
+                    String::new()
+                };
+                out.push(format!(
+                    "bind serviceGroup {} {} {}{w}",
+                    quote(&s.name),
+                    quote(&m.server),
+                    m.port
+                ));
             }
             for b in &s.monitors {
-                let mut l = format!("bind {verb} {} -monitorName {}", quote(&s.name), quote(&b.monitor));
+                let mut l = format!(
+                    "bind {verb} {} -monitorName {}",
+                    quote(&s.name),
+                    quote(&b.monitor)
+                );
                 if !b.enabled {
                     l.push_str(" -monState DISABLED");
                 }
@@ -97,11 +137,20 @@ pub fn lines(cfg: &Config) -> Vec<String> {
                 out.push(l);
             }
             for m in s.group_members.iter().filter(|m| !m.enabled) {
-                out.push(format!("disable serviceGroup {} {} {}", quote(&s.name), quote(&m.server), m.port));
+                out.push(format!(
+                    "disable serviceGroup {} {} {}",
+                    quote(&s.name),
+                    quote(&m.server),
+                    m.port
+                ));
             }
         }
     }
-    let ssl_kinds = [(Kind::LbVserver, "vserver"), (Kind::UserVserver, "vserver"), (Kind::Service, "service")];
+    let ssl_kinds = [
+        (Kind::LbVserver, "vserver"),
+        (Kind::UserVserver, "vserver"),
+        (Kind::Service, "service"),
+    ];
     for (kind, what) in ssl_kinds {
         let set_cmd = grammar().command(&["set", "ssl", what]);
         for o in cfg.in_order(kind) {
@@ -121,7 +170,11 @@ pub fn lines(cfg: &Config) -> Vec<String> {
     for (kind, what) in ssl_kinds {
         for o in cfg.in_order(kind) {
             for c in &o.certs {
-                let mut l = format!("bind ssl {what} {} -certkeyName {}", quote(&o.name), quote(&c.certkey));
+                let mut l = format!(
+                    "bind ssl {what} {} -certkeyName {}",
+                    quote(&o.name),
+                    quote(&c.certkey)
+                );
                 if c.ca {
                     l.push_str(" -CA");
                 }
@@ -131,7 +184,10 @@ pub fn lines(cfg: &Config) -> Vec<String> {
                 out.push(l);
             }
             for e in &o.ecc_curves {
-                out.push(format!("bind ssl {what} {} -eccCurveName {e}", quote(&o.name)));
+                out.push(format!(
+                    "bind ssl {what} {} -eccCurveName {e}",
+                    quote(&o.name)
+                ));
             }
         }
     }
@@ -177,7 +233,10 @@ pub fn replay(
         };
         for cmd in cmds {
             if !super::apply::is_mutating(&cmd) || cmd.path() == "clear ns config" {
-                errors.push(fail(true, format!("Not a configuration command, skipped ({})", cmd.path())));
+                errors.push(fail(
+                    true,
+                    format!("Not a configuration command, skipped ({})", cmd.path()),
+                ));
                 continue;
             }
             let res = inputs(&cmd).and_then(|inp| cfg.apply(&cmd, &inp));

@@ -22,14 +22,26 @@ pub const BUILTIN_MONITORS: &[(&str, &str)] = &[
 pub const DEFAULT_MONITORS: &[&str] = &["ping-default", "tcp-default"];
 
 pub fn builtin_monitor(name: &str) -> Option<&'static str> {
-    BUILTIN_MONITORS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+    BUILTIN_MONITORS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
 }
 
 fn is_udp_like(t: &str) -> bool {
     matches!(
         t,
-        "UDP" | "DNS" | "ADNS" | "SNMP" | "DHCPRA" | "SIP_UDP" | "RADIUS" | "RADIUSListener"
-            | "TFTP" | "SYSLOGUDP" | "DTLS"
+        "UDP"
+            | "DNS"
+            | "ADNS"
+            | "SNMP"
+            | "DHCPRA"
+            | "SIP_UDP"
+            | "RADIUS"
+            | "RADIUSListener"
+            | "TFTP"
+            | "SYSLOGUDP"
+            | "DTLS"
     )
 }
 
@@ -66,8 +78,16 @@ pub fn is_user_type(t: &str) -> bool {
 pub fn is_ssl_type(t: &str) -> bool {
     matches!(
         t,
-        "SSL" | "SSL_TCP" | "SSL_BRIDGE" | "USER_SSL_TCP" | "SSL_DIAMETER" | "SSL_FIX" | "SIP_SSL"
-            | "DTLS" | "SSL_PUSH" | "MQTT_TLS"
+        "SSL"
+            | "SSL_TCP"
+            | "SSL_BRIDGE"
+            | "USER_SSL_TCP"
+            | "SSL_DIAMETER"
+            | "SSL_FIX"
+            | "SIP_SSL"
+            | "DTLS"
+            | "SSL_PUSH"
+            | "MQTT_TLS"
     )
 }
 

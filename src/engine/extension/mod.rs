@@ -398,6 +398,7 @@ impl Session {
             Side::Server => rt.server_on_data.clone(),
         }
         .ok_or_else(|| "no callback for this direction".to_string())?;
+        rt.budget.start(self.shared.limits.instruction_budget);
         let ctxt = rt
             .ctxt(&mut self.record, self.id, &self.conn, side)
             .map_err(describe)?;
@@ -408,7 +409,6 @@ impl Session {
             actions: Vec::new(),
             hold: None,
         });
-        rt.budget.start(self.shared.limits.instruction_budget);
         let result = callback.call::<()>((ctxt, payload));
         let st = rt.lua.remove_app_data::<CallState>();
         match (result, st) {

@@ -664,3 +664,39 @@ fn extensions_and_sessions_cross_threads() {
     }
     assert_eq!(ext.counters().messages, 200);
 }
+
+#[test]
+fn session_dropped_while_the_state_is_busy_is_reclaimed_later() {
+    let ext = Extension::compile("mqtt_code", MQTT_LUA).unwrap();
+    // Warm up the registry so its array part does not grow during the measurement.
+    let mut warm = ext.new_session(context()).unwrap();
+    warm.on_client_data(&[0x10]).unwrap();
+    drop(warm);
+    ext.collect_garbage();
+    let base = ext.lua_memory();
+
+    let mut sessions: Vec<Session> = (0..100)
+        .map(|_| ext.new_session(context()).unwrap())
+        .collect();
+    for s in &mut sessions {
+        s.on_client_data(&[0x10]).unwrap();
+    }
+    {
+        // Another connection's callback is running: drop must not block.
+        let _busy = ext.shared.lock();
+        drop(sessions);
+    }
+    ext.collect_garbage();
+    assert!(ext.lua_memory() > base + 100 * 256, "still referenced");
+
+    // The next session's first callback expires the dropped keys.
+    let mut next = ext.new_session(context()).unwrap();
+    next.on_client_data(&[0x10]).unwrap();
+    next.release();
+    ext.collect_garbage();
+    assert!(
+        ext.lua_memory() < base + 100 * 64,
+        "{} vs {base}",
+        ext.lua_memory()
+    );
+}

@@ -7,6 +7,7 @@
 //! ns.conf lines) and the generated docs/commands.md. This module owns no behaviour of the
 //! commands themselves.
 
+pub mod docs;
 mod load;
 
 use std::sync::OnceLock;

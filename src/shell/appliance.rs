@@ -98,6 +98,33 @@ pub struct Appliance {
     paths: Paths,
 }
 
+/// Every command path that does not change the configuration; `query` handles each.
+pub const QUERIES: &[&str] = &[
+    "save ns config",
+    "help",
+    "exit",
+    "quit",
+    "show ns runningConfig",
+    "show ns savedConfig",
+    "show ns config",
+    "diff ns config",
+    "show server",
+    "show service",
+    "stat service",
+    "show serviceGroup",
+    "show lb vserver",
+    "stat lb vserver",
+    "show lb monitor",
+    "show lb persistentSessions",
+    "show ssl certKey",
+    "show ssl vserver",
+    "show ssl service",
+    "show user protocol",
+    "show user vserver",
+    "stat user vserver",
+    "show ns extension",
+];
+
 /// The default certkey an appliance creates at first boot, as NetScaler has it.
 pub const DEFAULT_CERTKEY: &str = "ns-server-certificate";
 

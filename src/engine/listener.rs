@@ -51,6 +51,12 @@ impl Listener {
         Listener { route: tx, task }
     }
 
+    /// The route currently served (for tests that drive connections by hand).
+    #[cfg(test)]
+    pub fn route(&self) -> Arc<Route> {
+        self.route.borrow().clone()
+    }
+
     /// Serves `route` from the next accepted connection on.
     pub fn set_route(&self, route: Arc<Route>) {
         self.route.send_replace(route);

@@ -328,24 +328,37 @@ impl Conn {
 
     // --- extension path ---
 
-    /// Runs the extension's callbacks until neither direction needs them, then pumps natively.
-    async fn run_extension(
-        &self,
-        mut client: ClientStream,
-        ext: &Extension,
-    ) -> Result<(), ProxyError> {
+    /// Starts the extension's session for this connection and runs it.
+    async fn run_extension(&self, client: ClientStream, ext: &Extension) -> Result<(), ProxyError> {
         let ctx = SessionContext {
             vserver_name: self.route.name.clone(),
             client_addr: self.peer,
             vserver_addr: self.local.unwrap_or(self.peer),
             params: self.route.params.clone(),
         };
-        let mut session = ext
+        let session = ext
             .new_session(ctx)
             .map_err(|e| self.ext_failed(&client, e.message))?;
+        self.run_callbacks(
+            client,
+            session,
+            ext.has_client_on_data(),
+            ext.has_server_on_data(),
+        )
+        .await
+    }
+
+    /// Feeds the callbacks until neither direction needs them, then pumps natively.
+    async fn run_callbacks<S: Callbacks>(
+        &self,
+        mut client: ClientStream,
+        mut session: S,
+        client_lua: bool,
+        server_lua: bool,
+    ) -> Result<(), ProxyError> {
         let mut st = ExtState {
-            client_lua: ext.has_client_on_data(),
-            server_lua: ext.has_server_on_data(),
+            client_lua,
+            server_lua,
             backend: None,
             message_done: false,
             client_eof: false,
@@ -406,8 +419,8 @@ impl Conn {
                     if st.client_lua {
                         let actions = session
                             .on_client_data(&cbuf[..n])
-                            .map_err(|e| self.ext_failed(&client, e.message))?;
-                        self.perform(&mut st, &mut client, &mut session, actions).await?;
+                            .map_err(|e| self.ext_failed(&client, e))?;
+                        self.perform(&mut st, &mut client, actions).await?;
                     } else if let Some(b) = st.backend.as_mut() {
                         self.to_server(b, &cbuf[..n]).await?;
                     }
@@ -429,8 +442,8 @@ impl Conn {
                     if st.server_lua {
                         let actions = session
                             .on_server_data(&sbuf[..n])
-                            .map_err(|e| self.ext_failed(&client, e.message))?;
-                        self.perform(&mut st, &mut client, &mut session, actions).await?;
+                            .map_err(|e| self.ext_failed(&client, e))?;
+                        self.perform(&mut st, &mut client, actions).await?;
                     } else {
                         client.write_all(&sbuf[..n]).await.map_err(ProxyError::Io)?;
                         Counters::add(&self.route.front.counters.response_bytes, n as u64);
@@ -447,7 +460,6 @@ impl Conn {
         &self,
         st: &mut ExtState,
         client: &mut ClientStream,
-        _session: &mut Session,
         actions: Vec<Action>,
     ) -> Result<(), ProxyError> {
         for a in actions {
@@ -516,6 +528,23 @@ impl Conn {
         };
         let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
         ProxyError::Extension(message)
+    }
+}
+
+/// The two data callbacks of an extension session. A trait so the action handling can be tested
+/// with scripted sessions; `extension::Session` is the implementation used at run time.
+pub(crate) trait Callbacks {
+    fn on_client_data(&mut self, data: &[u8]) -> Result<Vec<Action>, String>;
+    fn on_server_data(&mut self, data: &[u8]) -> Result<Vec<Action>, String>;
+}
+
+impl Callbacks for Session {
+    fn on_client_data(&mut self, data: &[u8]) -> Result<Vec<Action>, String> {
+        Session::on_client_data(self, data).map_err(|e| e.message)
+    }
+
+    fn on_server_data(&mut self, data: &[u8]) -> Result<Vec<Action>, String> {
+        Session::on_server_data(self, data).map_err(|e| e.message)
     }
 }
 
@@ -725,4 +754,209 @@ where
     }
     cx.waker().wake_by_ref();
     Poll::Pending
+}
+
+#[cfg(test)]
+mod tests {
+    //! The extension action handling, driven by scripted sessions (the Lua engine is tested on
+    //! its own). Addresses: 127.3.40.x.
+
+    use super::*;
+    use crate::config::snapshot::*;
+    use crate::engine::balance::PersistenceTable;
+    use crate::engine::stats::Stats;
+    use crate::engine::supervisor::Reconciler;
+    use std::collections::BTreeMap;
+    use tokio::net::TcpListener;
+
+    /// Per-message LB: every client chunk is one message (EOM); "HI" is answered locally,
+    /// "CLOSE" closes, "ERR" fails; server data comes back wrapped in <>.
+    struct Scripted;
+
+    impl Callbacks for Scripted {
+        fn on_client_data(&mut self, data: &[u8]) -> Result<Vec<Action>, String> {
+            Ok(match data {
+                b"HI" => vec![Action::ToClient {
+                    data: b"hello".to_vec(),
+                    eom: true,
+                }],
+                b"CLOSE" => vec![Action::Close],
+                b"ERR" => return Err("boom".into()),
+                _ => vec![Action::ToServer {
+                    data: data.to_vec(),
+                    eom: true,
+                    token: None,
+                    session: None,
+                }],
+            })
+        }
+
+        fn on_server_data(&mut self, data: &[u8]) -> Result<Vec<Action>, String> {
+            let mut v = b"<".to_vec();
+            v.extend_from_slice(data);
+            v.push(b'>');
+            Ok(vec![Action::ToClient {
+                data: v,
+                eom: false,
+            }])
+        }
+    }
+
+    async fn echo(ip: &str) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let l = TcpListener::bind((ip, 0)).await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n2 = n.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut b = [0u8; 1024];
+                    while let Ok(k) = s.read(&mut b).await {
+                        if k == 0 || s.write_all(&b[..k]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, n)
+    }
+
+    fn svc(name: &str, addr: SocketAddr) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            server: name.into(),
+            target: Target::Ip(addr.ip()),
+            port: addr.port(),
+            service_type: ServiceType::UserTcp,
+            enabled: true,
+            max_client: 0,
+            clt_timeout: 0,
+            svr_timeout: 0,
+            health_monitor: true,
+            monitors: vec![],
+            server_auth: false,
+            common_name: None,
+            ca_certkeys: vec![],
+            drain_delay_secs: None,
+        }
+    }
+
+    async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut v))
+            .await
+            .expect("in time")
+            .expect("read");
+        v
+    }
+
+    #[tokio::test]
+    async fn message_based_balancing_and_actions() {
+        let (a1, n1) = echo("127.3.40.11").await;
+        let (a2, n2) = echo("127.3.40.12").await;
+        let vip: SocketAddr = "127.3.40.10:7040".parse().expect("addr");
+        let snap = Snapshot {
+            user_vservers: BTreeMap::from([(
+                "u".to_string(),
+                UserVserverSpec {
+                    name: "u".into(),
+                    ip: vip.ip(),
+                    port: vip.port(),
+                    transport: Transport::Tcp,
+                    extension: None,
+                    default_lb: "lb".into(),
+                    params: vec![],
+                    enabled: true,
+                    certkey: None,
+                    tls: TlsVersions::default(),
+                    clt_timeout: 0,
+                },
+            )]),
+            lb_vservers: BTreeMap::from([(
+                "lb".to_string(),
+                LbVserverSpec {
+                    name: "lb".into(),
+                    service_type: ServiceType::UserTcp,
+                    listen: None,
+                    method: LbMethod::RoundRobin,
+                    persistence: Persistence::None,
+                    persistence_timeout_min: 2,
+                    clt_timeout: 0,
+                    enabled: true,
+                    members: ["s1", "s2"]
+                        .iter()
+                        .map(|s| Member {
+                            service: s.to_string(),
+                            weight: 1,
+                        })
+                        .collect(),
+                    certkey: None,
+                    tls: TlsVersions::default(),
+                },
+            )]),
+            services: BTreeMap::from([
+                ("s1".to_string(), svc("s1", a1)),
+                ("s2".to_string(), svc("s2", a2)),
+            ]),
+            ..Snapshot::default()
+        };
+        let shared = Arc::new(Shared {
+            stats: Stats::default(),
+            persistence: PersistenceTable::default(),
+            shutdown: watch::channel(false).0,
+            provider: crate::engine::tls::provider(),
+        });
+        let mut rec = Reconciler::default();
+        rec.commit(Arc::new(snap), &shared).expect("commit");
+        let route = rec.route(vip).expect("route");
+
+        let side = TcpListener::bind("127.3.40.20:0").await.expect("bind");
+        let mut test_end = TcpStream::connect(side.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (engine_end, peer) = side.accept().await.expect("accept");
+        let conn = Conn {
+            route: route.clone(),
+            shared: shared.clone(),
+            peer,
+            local: None,
+        };
+        let task = tokio::spawn(async move {
+            conn.run_callbacks(ClientStream::Plain(engine_end), Scripted, true, true)
+                .await
+        });
+
+        test_end.write_all(b"m1").await.expect("write");
+        assert_eq!(read_n(&mut test_end, 4).await, b"<m1>");
+        test_end.write_all(b"m2").await.expect("write");
+        assert_eq!(read_n(&mut test_end, 4).await, b"<m2>");
+        // Two messages, two decisions, round robin: one connection to each backend.
+        assert_eq!(n1.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(n2.load(std::sync::atomic::Ordering::SeqCst), 1);
+        test_end.write_all(b"HI").await.expect("write");
+        assert_eq!(read_n(&mut test_end, 5).await, b"hello");
+        test_end.write_all(b"ERR").await.expect("write");
+        let r = task.await.expect("join");
+        assert!(matches!(r, Err(ProxyError::Extension(_))));
+        let mut b = [0u8; 8];
+        assert!(matches!(test_end.read(&mut b).await, Ok(0) | Err(_)));
+        assert_eq!(
+            route
+                .front
+                .counters
+                .ext_errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            route
+                .front
+                .counters
+                .ext_messages
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+    }
 }

@@ -349,6 +349,12 @@ impl Reconciler {
         Ok((runtime, warnings))
     }
 
+    /// The route served on `addr` (for tests that drive connections by hand).
+    #[cfg(test)]
+    pub fn route(&self, addr: SocketAddr) -> Option<Arc<Route>> {
+        self.listeners.get(&addr).map(Listener::route)
+    }
+
     /// Closes every listener (engine shutdown).
     pub fn close_all(&mut self) {
         self.listeners.clear();

@@ -292,3 +292,82 @@ async fn mqtt_lab_through_plain_and_tls_fronts() -> TestResult {
     e.shutdown().await;
     Ok(())
 }
+
+/// Python client holding `n` MQTT-over-TLS connections (CONNECT sent, CONNACK received) until
+/// its stdin closes. Prints "held N" once all are up.
+const HOLDER: &str = r#"
+import resource, socket, ssl, sys
+n, host, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+conns = []
+for i in range(n):
+    s = ctx.wrap_socket(socket.create_connection((host, port)))
+    cid = b"hold%d" % i
+    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
+    s.sendall(bytes([0x10, len(body)]) + body)
+    ack = s.recv(4)
+    assert ack[:1] == b"\x20", ack
+    conns.append(s)
+print("held", len(conns), flush=True)
+sys.stdin.read()
+"#;
+
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Memory per held TLS connection (TLS from the client, TLS to the broker). Not a timed test:
+/// run with `cargo test --release --test engine_mqtt -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn memory_per_held_tls_connection() -> TestResult {
+    if !have_mosquitto() {
+        return Ok(());
+    }
+    let n: usize = std::env::var("NSEMU_HOLD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500);
+    let lab = Lab::new();
+    let _b1 = lab.broker("b1", "127.3.50.11");
+    let _b2 = lab.broker("b2", "127.3.50.12");
+    let e = Engine::new(EngineOptions::default());
+    e.commit(Arc::new(lab_snapshot(&lab, LbMethod::RoundRobin)))
+        .await?;
+    // Warm up allocator and TLS paths with a few connections first.
+    assert!(lab.publish("127.3.50.10", 8883, "warm", "x"));
+    let before = rss_kb();
+    let mut holder = Command::new("python3")
+        .args(["-c", HOLDER, &n.to_string(), "127.3.50.10", "8883"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = holder.stdout.take().ok_or("stdout")?;
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    assert!(line.starts_with("held"), "{line}");
+    let after = rss_kb();
+    let held = e.status().user_vservers["u_vserver_azureiot_ssl"]
+        .counters
+        .cur_client_conns;
+    println!(
+        "held {held} TLS connections: RSS {before} kB -> {after} kB, {:.1} kB per connection",
+        (after.saturating_sub(before)) as f64 / held.max(1) as f64
+    );
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    e.shutdown().await;
+    Ok(())
+}

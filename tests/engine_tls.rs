@@ -340,3 +340,58 @@ async fn replaced_certificate_applies_to_new_handshakes() -> TestResult {
     e.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn backend_tls_sessions_are_resumed() -> TestResult {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ck = rcgen::generate_simple_self_signed(vec!["127.3.36.11".to_string()])?;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![ck.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into()),
+        )?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.3.36.11:0").await?;
+    let baddr = l.local_addr()?;
+    let resumed = Arc::new(AtomicUsize::new(0));
+    let r2 = resumed.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            let r2 = r2.clone();
+            tokio::spawn(async move {
+                if let Ok(mut t) = acceptor.accept(s).await {
+                    if t.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                        r2.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = t.read(&mut buf).await {
+                        if n == 0 || t.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let e = engine();
+    e.commit(Arc::new(snapshot(
+        vec![user_vs("u", "127.3.36.10", 7036, Transport::Tcp, "lb")],
+        vec![lb_vs("lb", LbMethod::LeastConnection, &["s1"])],
+        vec![service("s1", baddr, ServiceType::UserSslTcp)],
+        vec![],
+    )))
+    .await?;
+    for i in 0..3 {
+        let mut c = connect("127.3.36.10:7036").await?;
+        roundtrip(&mut c, format!("conn {i}").as_bytes()).await?;
+    }
+    // The first connection is a full handshake; the later ones resume.
+    assert_eq!(resumed.load(Ordering::SeqCst), 2);
+    task.abort();
+    e.shutdown().await;
+    Ok(())
+}

@@ -160,10 +160,13 @@ impl Conn {
         }
     }
 
-    /// Idle limits: the client's from the vserver, the server's from the service.
-    fn timeouts(&self, svc: &ServiceRuntime) -> (Option<Duration>, Option<Duration>) {
+    /// The idle limit of the connection: the smaller of the vserver's client timeout and the
+    /// service's server timeout (0 = none for either).
+    fn idle_timeout(&self, svc: Option<&ServiceRuntime>) -> Option<Duration> {
         let secs = |s: u32| (s > 0).then(|| Duration::from_secs(u64::from(s)));
-        (secs(self.route.clt_timeout), secs(svc.spec.svr_timeout))
+        let clt = secs(self.route.clt_timeout);
+        let svr = svc.and_then(|s| secs(s.spec.svr_timeout));
+        [clt, svr].into_iter().flatten().min()
     }
 
     fn meter(&self, svc: &ServiceRuntime) -> Meter<'_> {
@@ -316,10 +319,10 @@ impl Conn {
         // Held for the whole pump: the lb vserver counts this client as current.
         let _lb_client = (!self.route.front_is_lb)
             .then(|| GaugeGuard::new(&self.route.lb.shared.counters, Gauge::Client));
-        let (clt_idle, svr_idle) = self.timeouts(&backend.svc);
+        let idle = self.idle_timeout(Some(&backend.svc));
         let meter = self.meter(&backend.svc);
         let mut kill = backend.kill.clone();
-        let copy = pump_streams(client, &mut backend.stream, &meter, clt_idle, svr_idle);
+        let copy = pump_streams(client, &mut backend.stream, &meter, idle);
         tokio::select! {
             r = copy => r,
             _ = drained(&mut kill) => Ok(()),
@@ -369,10 +372,7 @@ impl Conn {
             .then(|| GaugeGuard::new(&self.route.lb.shared.counters, Gauge::Client));
         let mut cbuf = vec![0u8; EXT_CHUNK];
         let mut sbuf = vec![0u8; EXT_CHUNK];
-        let clt_idle = (self.route.clt_timeout > 0)
-            .then(|| Duration::from_secs(u64::from(self.route.clt_timeout)));
-        let mut last_client = Instant::now();
-        let mut last_server = Instant::now();
+        let mut last_activity = Instant::now();
         loop {
             if st.closed || (st.client_eof && st.server_eof) {
                 return Ok(());
@@ -387,17 +387,9 @@ impl Conn {
                     return self.pump(&mut client, &mut b).await;
                 }
             }
-            let svr_idle = st.backend.as_ref().and_then(|b| {
-                (b.svc.spec.svr_timeout > 0)
-                    .then(|| Duration::from_secs(u64::from(b.svc.spec.svr_timeout)))
-            });
-            let deadline = [
-                clt_idle.map(|d| last_client + d),
-                svr_idle.map(|d| last_server + d),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let deadline = self
+                .idle_timeout(st.backend.as_ref().map(|b| &*b.svc))
+                .map(|d| last_activity + d);
             let backend_stream = st.backend.as_mut().map(|b| (&mut b.stream, &mut b.kill));
             let (bstream, bkill) = match backend_stream {
                 Some((s, k)) => (Some(s), Some(k)),
@@ -406,7 +398,7 @@ impl Conn {
             tokio::select! {
                 r = client.read(&mut cbuf), if !st.client_eof => {
                     let n = r.map_err(ProxyError::Io)?;
-                    last_client = Instant::now();
+                    last_activity = Instant::now();
                     if n == 0 {
                         st.client_eof = true;
                         match st.backend.as_mut() {
@@ -427,7 +419,7 @@ impl Conn {
                 }
                 r = read_opt(bstream, &mut sbuf), if !st.server_eof => {
                     let n = r.map_err(ProxyError::Io)?;
-                    last_server = Instant::now();
+                    last_activity = Instant::now();
                     if n == 0 {
                         st.server_eof = true;
                         let _ = client.shutdown().await;
@@ -592,14 +584,14 @@ async fn sleep_opt(deadline: Option<Instant>) {
 
 // === the native pump ===
 
-/// Copies client<->server until both directions are done. Idle limits apply per direction:
-/// `clt_idle` to bytes from the client, `svr_idle` to bytes from the server.
+/// Copies client<->server until both directions are done, or until no byte has moved either
+/// way for `idle` (the smaller of the client and server idle timeouts: every byte crosses both
+/// sockets, so both see the same idleness).
 async fn pump_streams(
     client: &mut ClientStream,
     server: &mut BackendStream,
     meter: &Meter<'_>,
-    clt_idle: Option<Duration>,
-    svr_idle: Option<Duration>,
+    idle: Option<Duration>,
 ) -> Result<(), ProxyError> {
     let start = Instant::now();
     let mut c2s = Direction {
@@ -610,35 +602,18 @@ async fn pump_streams(
         last_read: Some(start),
         ..Direction::default()
     };
-    let first = [clt_idle, svr_idle].into_iter().flatten().min();
-    // One timer for both limits, re-armed lazily to the earliest deadline when it fires (no
-    // timer update per chunk).
-    let mut timer = first.map(|d| Box::pin(tokio::time::sleep(d)));
+    // One timer, re-armed lazily to the real deadline when it fires (no timer update per
+    // chunk). Never polled, and so never registered, when there is no idle limit.
+    let mut timer = std::pin::pin!(tokio::time::sleep(idle.unwrap_or(Duration::ZERO)));
     poll_fn(|cx| {
-        if let Some(t) = timer.as_mut() {
-            while t.as_mut().poll(cx).is_ready() {
-                let now = Instant::now();
-                let deadline = [
-                    clt_idle
-                        .zip(c2s.last_read)
-                        .filter(|_| !c2s.done)
-                        .map(|(d, l)| l + d),
-                    svr_idle
-                        .zip(s2c.last_read)
-                        .filter(|_| !s2c.done)
-                        .map(|(d, l)| l + d),
-                ]
-                .into_iter()
-                .flatten()
-                .min();
-                match deadline {
-                    Some(d) if d <= now => return Poll::Ready(Err(ProxyError::IdleTimeout)),
-                    Some(d) => t.as_mut().reset(d.into()),
-                    None => {
-                        timer = None;
-                        break;
-                    }
+        if let Some(idle) = idle {
+            while timer.as_mut().poll(cx).is_ready() {
+                let last = c2s.last_read.max(s2c.last_read).unwrap_or(start);
+                let deadline = last + idle;
+                if deadline <= Instant::now() {
+                    return Poll::Ready(Err(ProxyError::IdleTimeout));
                 }
+                timer.as_mut().reset(deadline.into());
             }
         }
         let a = poll_direction(cx, &mut c2s, &mut *client, &mut *server, |n| {

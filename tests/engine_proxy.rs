@@ -354,3 +354,27 @@ async fn source_ip_persistence_keeps_a_client_on_one_service() -> TestResult {
     e.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn domain_server_is_resolved() -> TestResult {
+    // `localhost` resolves to 127.0.0.1 here; the echo takes a free port there.
+    let b = echo_tcp("127.0.0.1").await;
+    let e = engine();
+    let mut s = service("s1", b.addr, ServiceType::UserTcp);
+    s.target = Target::Domain {
+        name: "localhost".into(),
+        resolve_retry_secs: 5,
+    };
+    let snap = snapshot(
+        vec![user_vs("u", "127.3.13.10", 7013, Transport::Tcp, "lb")],
+        vec![lb_vs("lb", LbMethod::LeastConnection, &["s1"])],
+        vec![s],
+        vec![],
+    );
+    e.commit(Arc::new(snap)).await?;
+    let mut c = connect("127.3.13.10:7013").await?;
+    roundtrip(&mut c, b"by name").await?;
+    assert_eq!(b.accepted(), 1);
+    e.shutdown().await;
+    Ok(())
+}

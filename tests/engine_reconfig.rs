@@ -246,3 +246,18 @@ async fn swapping_vservers_on_one_address_keeps_the_socket() -> TestResult {
     e.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn removed_then_readded_vserver_rebinds_at_once() -> TestResult {
+    let b = echo_tcp("127.3.28.11").await;
+    let e = engine();
+    let a = user_vs("a", "127.3.28.10", 7028, Transport::Tcp, "lb");
+    e.commit(Arc::new(base(vec![a.clone()], &b))).await?;
+    // Back to back, without giving the runtime a chance to reap the old accept task.
+    e.commit(Arc::new(base(vec![], &b))).await?;
+    e.commit(Arc::new(base(vec![a], &b))).await?;
+    let mut c = connect("127.3.28.10:7028").await?;
+    roundtrip(&mut c, b"rebound").await?;
+    e.shutdown().await;
+    Ok(())
+}

@@ -26,6 +26,9 @@ const BACKLOG: i32 = 1024;
 pub(crate) struct Listener {
     /// The accept loop holds the receiver; replaced routes take effect on the next accept.
     route: watch::Sender<Arc<Route>>,
+    /// Shared with the accept loop, so that dropping the `Listener` can stop the socket at once
+    /// (see `Drop`) instead of whenever the runtime gets round to dropping the aborted task.
+    sock: Arc<TcpListener>,
     task: JoinHandle<()>,
 }
 
@@ -47,8 +50,13 @@ impl Listener {
     /// Starts accepting on `sock`, serving `route`.
     pub fn start(sock: TcpListener, route: Arc<Route>, shared: Arc<Shared>) -> Listener {
         let (tx, rx) = watch::channel(route);
-        let task = tokio::spawn(accept_loop(sock, rx, shared));
-        Listener { route: tx, task }
+        let sock = Arc::new(sock);
+        let task = tokio::spawn(accept_loop(sock.clone(), rx, shared));
+        Listener {
+            route: tx,
+            sock,
+            task,
+        }
     }
 
     /// The route currently served (for tests that drive connections by hand).
@@ -64,12 +72,21 @@ impl Listener {
 }
 
 impl Drop for Listener {
+    /// Stops listening synchronously: `shutdown` moves the socket out of LISTEN now, so the very
+    /// next commit can bind the same address again (SO_REUSEADDR allows binding next to a
+    /// non-listening socket), e.g. `rm user vserver X` followed at once by `add user vserver X`.
+    /// The accept task is aborted and drops the descriptor later.
     fn drop(&mut self) {
+        let _ = socket2::SockRef::from(&*self.sock).shutdown(std::net::Shutdown::Both);
         self.task.abort();
     }
 }
 
-async fn accept_loop(sock: TcpListener, route: watch::Receiver<Arc<Route>>, shared: Arc<Shared>) {
+async fn accept_loop(
+    sock: Arc<TcpListener>,
+    route: watch::Receiver<Arc<Route>>,
+    shared: Arc<Shared>,
+) {
     loop {
         match sock.accept().await {
             Ok((tcp, peer)) => {

@@ -827,6 +827,144 @@ mod tests {
         v
     }
 
+    /// Like mqtt.lua: the first chunk carries the device id as token and session, then pipe.
+    struct TokenThenPipe;
+
+    impl Callbacks for TokenThenPipe {
+        fn on_client_data(&mut self, data: &[u8]) -> Result<Vec<Action>, String> {
+            let id = String::from_utf8_lossy(data).to_string();
+            Ok(vec![
+                Action::ToServer {
+                    data: data.to_vec(),
+                    eom: false,
+                    token: Some(id.clone()),
+                    session: Some(id),
+                },
+                Action::PipeClient,
+            ])
+        }
+
+        fn on_server_data(&mut self, _data: &[u8]) -> Result<Vec<Action>, String> {
+            Err("server callback must not run".into())
+        }
+    }
+
+    fn user(vip: SocketAddr) -> UserVserverSpec {
+        UserVserverSpec {
+            name: "u".into(),
+            ip: vip.ip(),
+            port: vip.port(),
+            transport: Transport::Tcp,
+            extension: None,
+            default_lb: "lb".into(),
+            params: vec![],
+            enabled: true,
+            certkey: None,
+            tls: TlsVersions::default(),
+            clt_timeout: 0,
+        }
+    }
+
+    fn lb(method: LbMethod, persistence: Persistence) -> LbVserverSpec {
+        LbVserverSpec {
+            name: "lb".into(),
+            service_type: ServiceType::UserTcp,
+            listen: None,
+            method,
+            persistence,
+            persistence_timeout_min: 2,
+            clt_timeout: 0,
+            enabled: true,
+            members: ["s1", "s2"]
+                .iter()
+                .map(|s| Member {
+                    service: s.to_string(),
+                    weight: 1,
+                })
+                .collect(),
+            certkey: None,
+            tls: TlsVersions::default(),
+        }
+    }
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            stats: Stats::default(),
+            persistence: PersistenceTable::default(),
+            shutdown: watch::channel(false).0,
+            provider: crate::engine::tls::provider(),
+        })
+    }
+
+    /// A connected pair: the test's end and the engine's end (a `ClientStream`).
+    async fn client_pair(side: &TcpListener) -> (TcpStream, ClientStream, SocketAddr) {
+        let t = TcpStream::connect(side.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (e, peer) = side.accept().await.expect("accept");
+        (t, ClientStream::Plain(e), peer)
+    }
+
+    #[tokio::test]
+    async fn user_token_and_session_keep_a_device_on_one_service() {
+        let (a1, n1) = echo("127.3.41.11").await;
+        let (a2, n2) = echo("127.3.41.12").await;
+        let vip: SocketAddr = "127.3.41.10:7041".parse().expect("addr");
+        for persistence in [Persistence::None, Persistence::UserSession] {
+            let snap = Snapshot {
+                user_vservers: BTreeMap::from([("u".to_string(), user(vip))]),
+                lb_vservers: BTreeMap::from([(
+                    "lb".to_string(),
+                    lb(LbMethod::UserToken, persistence),
+                )]),
+                services: BTreeMap::from([
+                    ("s1".to_string(), svc("s1", a1)),
+                    ("s2".to_string(), svc("s2", a2)),
+                ]),
+                ..Snapshot::default()
+            };
+            let shared = shared();
+            let mut rec = Reconciler::default();
+            rec.commit(Arc::new(snap), &shared).expect("commit");
+            let route = rec.route(vip).expect("route");
+            let side = TcpListener::bind("127.3.41.20:0").await.expect("bind");
+            let before = (
+                n1.load(std::sync::atomic::Ordering::SeqCst),
+                n2.load(std::sync::atomic::Ordering::SeqCst),
+            );
+            for _ in 0..4 {
+                let (mut t, c, peer) = client_pair(&side).await;
+                let conn = Conn {
+                    route: route.clone(),
+                    shared: shared.clone(),
+                    peer,
+                    local: None,
+                };
+                let task =
+                    tokio::spawn(
+                        async move { conn.run_callbacks(c, TokenThenPipe, true, false).await },
+                    );
+                t.write_all(b"device-42").await.expect("write");
+                assert_eq!(read_n(&mut t, 9).await, b"device-42");
+                // Piped now: later bytes flow natively.
+                t.write_all(b"more").await.expect("write");
+                assert_eq!(read_n(&mut t, 4).await, b"more");
+                drop(t);
+                let _ = task.await;
+            }
+            let d1 = n1.load(std::sync::atomic::Ordering::SeqCst) - before.0;
+            let d2 = n2.load(std::sync::atomic::Ordering::SeqCst) - before.1;
+            assert!(d1 == 4 || d2 == 4, "token spread over both: {d1}/{d2}");
+            let sessions = shared.persistence.list(Instant::now());
+            if persistence == Persistence::UserSession {
+                assert_eq!(sessions.len(), 1);
+                assert_eq!(sessions[0].key, "device-42");
+            } else {
+                assert!(sessions.is_empty());
+            }
+        }
+    }
+
     #[tokio::test]
     async fn message_based_balancing_and_actions() {
         let (a1, n1) = echo("127.3.40.11").await;

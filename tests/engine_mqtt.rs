@@ -285,6 +285,50 @@ async fn mqtt_lab_through_plain_and_tls_fronts() -> TestResult {
     assert_eq!(via_plain.messages().len(), 1);
     assert_eq!(via_tls.messages().len(), 1);
 
+    // Live changes while both subscribers stay connected.
+    let mut snap = lab_snapshot(&lab, LbMethod::RoundRobin);
+    let mut extra = user_vs("u_extra", "127.3.50.10", 9883, Transport::Tcp, "lb");
+    extra.clt_timeout = 0;
+    snap.user_vservers.insert("u_extra".into(), extra);
+    e.commit(Arc::new(snap.clone())).await?;
+    assert!(lab.publish("127.3.50.10", 9883, "extra", "via the second vserver"));
+    // Unbind svc2, then disable svc1, then bind another certificate, then drop u_extra.
+    if let Some(lb) = snap.lb_vservers.get_mut("lb") {
+        lb.members.retain(|m| m.service == "svc1");
+    }
+    e.commit(Arc::new(snap.clone())).await?;
+    if let Some(s) = snap.services.get_mut("svc1") {
+        s.enabled = false;
+    }
+    e.commit(Arc::new(snap.clone())).await?;
+    snap.certkeys.insert(
+        "lab2".into(),
+        CertKeySpec {
+            name: "lab2".into(),
+            cert: lab.path("b1.cert"),
+            key: Some(lab.path("b1.key")),
+        },
+    );
+    if let Some(u) = snap.user_vservers.get_mut("u_vserver_azureiot_ssl") {
+        u.certkey = Some("lab2".into());
+    }
+    e.commit(Arc::new(snap.clone())).await?;
+    snap.user_vservers.remove("u_extra");
+    e.commit(Arc::new(snap)).await?;
+    // Both long-lived subscribers still receive.
+    assert!(lab.publish("127.3.50.11", 8883, "direct3", "again b1"));
+    assert!(lab.publish("127.3.50.12", 8883, "direct4", "again b2"));
+    // 2 before, "extra" (on one of the brokers), and one more each now.
+    assert!(wait_until(|| count(&[&via_plain, &via_tls]) >= 5));
+    for sub in [&via_plain, &via_tls] {
+        let m = sub.messages();
+        assert!(
+            m.iter()
+                .any(|l| l.starts_with("t/direct3") || l.starts_with("t/direct4")),
+            "{m:?}"
+        );
+    }
+
     let st = e.status();
     assert!(st.user_vservers["u_vserver_azureiot"].counters.hits >= 11);
     assert!(st.user_vservers["u_vserver_azureiot_ssl"].counters.hits >= 11);

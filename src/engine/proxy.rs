@@ -383,7 +383,9 @@ impl Conn {
             }
             if !st.client_lua && !st.server_lua && !st.client_eof && !st.server_eof {
                 if let Some(mut b) = st.backend.take() {
-                    drop((cbuf, sbuf));
+                    // Neither callback runs again: free the session (its Lua state) and the
+                    // buffers before a possibly very long native phase.
+                    drop((cbuf, sbuf, session));
                     return self.pump(&mut client, &mut b).await;
                 }
             }

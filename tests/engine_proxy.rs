@@ -378,3 +378,49 @@ async fn domain_server_is_resolved() -> TestResult {
     e.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn resetting_backend_closes_only_its_own_clients() -> TestResult {
+    // A TLS "backend" that resets every connection during the handshake, next to a good one.
+    let l = tokio::net::TcpListener::bind("127.3.14.11:0").await?;
+    let bad = l.local_addr()?;
+    let resetter = tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            drop(s);
+        }
+    });
+    let good = echo_tls("127.3.14.12").await;
+    let e = engine();
+    let snap = snapshot(
+        vec![
+            user_vs("u", "127.3.14.10", 7014, Transport::Tcp, "lb"),
+            user_vs("only_bad", "127.3.14.10", 7114, Transport::Tcp, "lb_bad"),
+        ],
+        vec![
+            lb_vs("lb", LbMethod::RoundRobin, &["bad", "good"]),
+            lb_vs("lb_bad", LbMethod::RoundRobin, &["bad"]),
+        ],
+        vec![
+            service("bad", bad, ServiceType::UserSslTcp),
+            service("good", good.addr, ServiceType::UserSslTcp),
+        ],
+        vec![],
+    );
+    e.commit(Arc::new(snap)).await?;
+    // With a good service in the pool, the failed handshake fails over.
+    let mut held = connect("127.3.14.10:7014").await?;
+    roundtrip(&mut held, b"held").await?;
+    for _ in 0..4 {
+        let mut c = connect("127.3.14.10:7014").await?;
+        roundtrip(&mut c, b"fails over").await?;
+        // Only the reset backend behind it: closed at once.
+        let mut b = connect("127.3.14.10:7114").await?;
+        assert!(expect_closed(&mut b).await);
+    }
+    roundtrip(&mut held, b"unaffected").await?;
+    assert!(eventually(|| e.status().user_vservers["only_bad"].counters.rejected == 4).await);
+    resetter.abort();
+    e.shutdown().await;
+    Ok(())
+}

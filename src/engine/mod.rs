@@ -5,14 +5,26 @@
 //! prepares everything that can fail (binding listeners, loading certificates, compiling Lua)
 //! before publishing; on failure the running snapshot and listeners stay exactly as they were.
 
+mod backend;
+pub mod balance;
 pub mod extension;
+mod listener;
+mod proxy;
+mod stats;
 pub mod status;
+mod supervisor;
+mod tls;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use tokio::sync::watch;
 
 use crate::config::snapshot::Snapshot;
-pub use status::Status;
+use stats::{lock, Stats};
+pub use status::{State, Status};
+use supervisor::{Reconciler, Runtime, Shared};
 
 /// Errors of the engine layer, rendered by the shell as `ERROR: <Display>`.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +39,8 @@ pub enum EngineError {
     CertKeyMismatch { certkey: String },
     /// A protocol extension failed to compile (NetScaler 3962).
     ExtensionCompile { name: String, message: String },
+    /// A TLS configuration could not be built.
+    Tls { reason: String },
     /// The engine has stopped.
     Stopped,
 }
@@ -49,6 +63,7 @@ impl std::fmt::Display for EngineError {
             EngineError::ExtensionCompile { name, message } => {
                 write!(f, "Extension compilation error. [{name}, {message}]")
             }
+            EngineError::Tls { reason } => write!(f, "SSL configuration error [{reason}]"),
             EngineError::Stopped => write!(f, "The engine has stopped"),
         }
     }
@@ -69,38 +84,106 @@ pub struct Engine {
 }
 
 struct Inner {
-    // Placeholder state until the data path lands: the last committed snapshot.
-    current: Mutex<Arc<Snapshot>>,
+    /// Serialises commits; holds the listeners. Held across no `.await` (commit's work is
+    /// synchronous), but a tokio mutex keeps concurrent `commit` callers queued fairly.
+    reconciler: tokio::sync::Mutex<Reconciler>,
+    /// The published runtime, read by `status` and health updates (connections hold their own).
+    current: RwLock<Option<Arc<Runtime>>>,
+    shared: Arc<Shared>,
     _opts: EngineOptions,
 }
 
 impl Engine {
     /// Starts the engine. Must be called inside a tokio runtime.
+    ///
+    /// Raises the open-file soft limit to the hard limit: every proxied connection needs two
+    /// descriptors.
     pub fn new(opts: EngineOptions) -> Engine {
+        if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+            tracing::warn!(error = %e, "could not raise RLIMIT_NOFILE");
+        }
         Engine {
             inner: Arc::new(Inner {
-                current: Mutex::new(Arc::new(Snapshot::default())),
+                reconciler: tokio::sync::Mutex::new(Reconciler::default()),
+                current: RwLock::new(None),
+                shared: Arc::new(Shared {
+                    stats: Stats::default(),
+                    persistence: Default::default(),
+                    shutdown: watch::channel(false).0,
+                    provider: tls::provider(),
+                }),
                 _opts: opts,
             }),
         }
     }
 
-    /// Prepares and publishes `snap`, returning warnings to show the admin.
+    /// Prepares and publishes `snap`, returning warnings to show the admin. On error nothing
+    /// running changes (see `supervisor`).
     pub async fn commit(&self, snap: Arc<Snapshot>) -> Result<Vec<String>, EngineError> {
-        let mut cur = self
+        if *self.inner.shared.shutdown.borrow() {
+            return Err(EngineError::Stopped);
+        }
+        let mut rec = self.inner.reconciler.lock().await;
+        let (rt, warnings) = rec.commit(snap, &self.inner.shared)?;
+        *self
             .inner
             .current
-            .lock()
-            .map_err(|_| EngineError::Stopped)?;
-        *cur = snap;
-        Ok(Vec::new())
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(rt);
+        Ok(warnings)
     }
 
     /// A copy of the runtime tables for show/stat.
     pub fn status(&self) -> Status {
-        Status::default()
+        let shared = &self.inner.shared;
+        let mut st = Status::default();
+        for (k, v) in lock(&shared.stats.users).iter() {
+            st.user_vservers.insert(k.clone(), v.status());
+        }
+        for (k, v) in lock(&shared.stats.lbs).iter() {
+            st.lb_vservers.insert(k.clone(), v.status());
+        }
+        for (k, v) in lock(&shared.stats.services).iter() {
+            st.services.insert(k.clone(), v.status());
+        }
+        st.persistent_sessions = shared.persistence.list(Instant::now());
+        st
+    }
+
+    /// Health of a service as found by its monitors (issue #4): `Up` or `Down`. Unknown services
+    /// are ignored. The balancer sees the change at once; states are recomputed.
+    pub fn set_service_health(&self, service: &str, state: State, last_response: &str) {
+        let shared = &self.inner.shared;
+        let Some(rec) = lock(&shared.stats.services).get(service).cloned() else {
+            return;
+        };
+        rec.set_health(state == State::Up, last_response.to_string());
+        let rt = self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(rt) = rt {
+            supervisor::refresh_states(&rt, shared);
+        }
+    }
+
+    /// Closes every connection currently open through `service` (for graceful disable and
+    /// health-triggered flushes). Returns false for an unknown service.
+    pub fn close_service_connections(&self, service: &str) -> bool {
+        match lock(&self.inner.shared.stats.services).get(service) {
+            Some(rec) => {
+                rec.close_connections();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stops listeners and closes connections.
-    pub async fn shutdown(&self) {}
+    pub async fn shutdown(&self) {
+        self.inner.shared.shutdown.send_replace(true);
+        self.inner.reconciler.lock().await.close_all();
+    }
 }

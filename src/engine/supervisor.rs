@@ -1,0 +1,442 @@
+//! Commit and reconcile: turns a `Snapshot` into running listeners and runtime objects.
+//!
+//! `commit` works in two phases. *Prepare* does everything that can fail (compile extensions,
+//! load every certkey, build TLS configs, bind the addresses that are not bound yet) without
+//! touching what runs; any error drops the prepared objects (closing any socket bound so far) and
+//! the running configuration stays exactly as it was. *Publish* cannot fail: it swaps the new
+//! `Runtime` in, hands each kept listener its new `Route`, starts the new listeners and only then
+//! drops the listeners no longer wanted (so a vserver moved to a new address binds the new one
+//! before closing the old).
+//!
+//! Removed or disabled vservers stop accepting, but their established connections keep flowing
+//! until either side closes: each connection holds the `Arc<Route>` (and so the `Runtime` and
+//! snapshot) it was accepted under. This matches NetScaler, where disabling a vserver stops new
+//! connections and `rm` leaves existing ones to finish. Use `Engine::close_service_connections`
+//! to cut connections explicitly.
+//!
+//! It must not do I/O on the data path; the proxy reads what this module publishes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::snapshot::{
+    LbVserverSpec, ServiceType, Snapshot, TlsVersions, Transport, UserVserverSpec,
+};
+use crate::engine::backend::ServiceRuntime;
+use crate::engine::balance::{Balancer, PersistenceTable};
+use crate::engine::extension::Extension;
+use crate::engine::listener::{self, Listener};
+use crate::engine::stats::{ServiceShared, Stats, VserverShared};
+use crate::engine::status::State;
+use crate::engine::tls::{self, LoadedCertKey};
+use crate::engine::EngineError;
+
+/// Engine-wide state shared by the supervisor, listeners and connections.
+pub(crate) struct Shared {
+    pub stats: Stats,
+    pub persistence: PersistenceTable,
+    /// Set to `true` once by `Engine::shutdown`; every connection task watches it and closes.
+    pub shutdown: watch::Sender<bool>,
+    pub provider: Arc<CryptoProvider>,
+}
+
+/// Everything one committed snapshot runs with. Immutable once published; connections hold it.
+pub(crate) struct Runtime {
+    pub snap: Arc<Snapshot>,
+    pub lbs: HashMap<String, Arc<LbRuntime>>,
+    pub services: HashMap<String, Arc<ServiceRuntime>>,
+    pub extensions: HashMap<String, Arc<Extension>>,
+    /// Why an enabled user vserver (by name) or addressable lb vserver (`lb:` + name) does not
+    /// listen.
+    pub down_reasons: HashMap<String, String>,
+}
+
+/// An lb vserver as the data path sees it.
+pub(crate) struct LbRuntime {
+    pub spec: LbVserverSpec,
+    pub shared: Arc<VserverShared>,
+    pub balancer: Arc<Balancer>,
+    /// Bound members that exist and are proxied, with their weights, in binding order.
+    pub members: Vec<(Arc<ServiceRuntime>, u32)>,
+}
+
+/// What a listener serves. Swapped by commit; each connection keeps the one it was accepted with.
+pub(crate) struct Route {
+    /// Name of the user vserver, or of the lb vserver for an addressable lb vserver.
+    pub name: String,
+    /// The entity accepting the connection: the user vserver's record, or the lb vserver's.
+    pub front: Arc<VserverShared>,
+    /// True when `front` is the lb vserver itself (so its counters are not counted twice).
+    pub front_is_lb: bool,
+    pub lb: Arc<LbRuntime>,
+    pub tls: Option<TlsAcceptor>,
+    pub ext: Option<Arc<Extension>>,
+    pub params: Vec<(String, String)>,
+    pub clt_timeout: u32,
+    /// Keeps the runtime (services, extensions) alive for connections of this route.
+    pub _runtime: Arc<Runtime>,
+}
+
+/// The supervisor's own state, behind the engine's commit lock.
+#[derive(Default)]
+pub(crate) struct Reconciler {
+    listeners: HashMap<SocketAddr, Listener>,
+    runtime: Option<Arc<Runtime>>,
+}
+
+/// A listener wanted by the new snapshot, before publishing.
+struct Wanted {
+    addr: SocketAddr,
+    name: String,
+    is_lb: bool,
+    lb: String,
+    tls: Option<Arc<ServerConfig>>,
+    ext: Option<String>,
+    params: Vec<(String, String)>,
+    clt_timeout: u32,
+}
+
+// === impl Reconciler ===
+
+impl Reconciler {
+    /// Prepares and publishes `snap` (see the module doc). Returns warnings for the admin.
+    pub fn commit(
+        &mut self,
+        snap: Arc<Snapshot>,
+        shared: &Arc<Shared>,
+    ) -> Result<(Arc<Runtime>, Vec<String>), EngineError> {
+        let prev = self.runtime.clone();
+        let mut warnings = Vec::new();
+
+        // --- prepare: extensions ---
+        let mut extensions = HashMap::new();
+        for (name, spec) in &snap.extensions {
+            let reused = prev.as_ref().and_then(|p| {
+                (p.snap.extensions.get(name) == Some(spec))
+                    .then(|| p.extensions.get(name).cloned())
+                    .flatten()
+            });
+            let ext = match reused {
+                Some(e) => e,
+                None => Arc::new(Extension::compile(name, &spec.code)?),
+            };
+            extensions.insert(name.clone(), ext);
+        }
+
+        // --- prepare: certificates (all of them: a bad file fails the command that added it) ---
+        let mut certs: HashMap<&str, LoadedCertKey> = HashMap::new();
+        for (name, spec) in &snap.certkeys {
+            certs.insert(name, tls::load_certkey(spec, &shared.provider)?);
+        }
+
+        // --- prepare: services ---
+        let mut services = HashMap::new();
+        for (name, spec) in &snap.services {
+            if !ServiceRuntime::proxied(spec) {
+                continue;
+            }
+            let mut roots = Vec::new();
+            for ca in &spec.ca_certkeys {
+                if let Some(c) = certs.get(ca.as_str()) {
+                    roots.extend(c.chain.iter().cloned());
+                }
+            }
+            let ca_der: Vec<Vec<u8>> = roots.iter().map(|c| c.as_ref().to_vec()).collect();
+            let kept = prev
+                .as_ref()
+                .and_then(|p| p.services.get(name))
+                .filter(|s| s.same_backend(spec, &ca_der))
+                .cloned();
+            let svc = match kept {
+                Some(s) => s,
+                None => {
+                    let cfg = if ServiceRuntime::wants_tls(spec) {
+                        Some(tls::client_config(spec, &roots, &shared.provider)?)
+                    } else {
+                        None
+                    };
+                    let rec: Arc<ServiceShared> = Stats::entry(&shared.stats.services, name);
+                    Arc::new(ServiceRuntime::new(spec.clone(), rec, cfg, ca_der))
+                }
+            };
+            services.insert(name.clone(), svc);
+        }
+
+        // --- prepare: lb vservers ---
+        let mut lbs = HashMap::new();
+        for (name, spec) in &snap.lb_vservers {
+            let members: Vec<(Arc<ServiceRuntime>, u32)> = spec
+                .members
+                .iter()
+                .filter_map(|m| services.get(&m.service).map(|s| (s.clone(), m.weight)))
+                .collect();
+            let balancer = prev
+                .as_ref()
+                .and_then(|p| p.lbs.get(name))
+                .filter(|l| l.spec.method == spec.method && l.spec.members == spec.members)
+                .map(|l| l.balancer.clone())
+                .unwrap_or_else(|| Arc::new(Balancer::new(spec.method, members.len())));
+            let lb = LbRuntime {
+                spec: spec.clone(),
+                shared: Stats::entry(&shared.stats.lbs, name),
+                balancer,
+                members,
+            };
+            lbs.insert(name.clone(), Arc::new(lb));
+        }
+
+        // --- prepare: what listens where ---
+        let mut down_reasons = HashMap::new();
+        let mut wanted: Vec<Wanted> = Vec::new();
+        let mut server_cfgs: HashMap<(String, TlsKey), Option<Arc<ServerConfig>>> = HashMap::new();
+        let mut tls_for = |certkey: &Option<String>,
+                           versions: &TlsVersions|
+         -> Result<Result<Arc<ServerConfig>, String>, EngineError> {
+            let Some(ck) = certkey else {
+                return Ok(Err("Certkey not bound".to_string()));
+            };
+            let Some(loaded) = certs.get(ck.as_str()) else {
+                return Ok(Err(format!("Certkey {ck} not found")));
+            };
+            let Some(key) = &loaded.certified else {
+                return Ok(Err(format!("Certkey {ck} has no private key")));
+            };
+            let k = (ck.clone(), TlsKey::from(versions));
+            let cfg = match server_cfgs.get(&k) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = tls::server_config(key.clone(), versions, &shared.provider)?;
+                    server_cfgs.insert(k, c.clone());
+                    c
+                }
+            };
+            Ok(cfg.ok_or_else(|| {
+                "No TLS protocol version enabled (nsemu offers TLS1.2 and TLS1.3)".to_string()
+            }))
+        };
+        for (name, uv) in &snap.user_vservers {
+            if !uv.enabled {
+                continue;
+            }
+            if !lbs.contains_key(&uv.default_lb) {
+                down_reasons.insert(name.clone(), "Default LB vserver not found".to_string());
+                continue;
+            }
+            let tls = match uv.transport {
+                Transport::Tcp => None,
+                Transport::Ssl => match tls_for(&uv.certkey, &uv.tls)? {
+                    Ok(c) => Some(c),
+                    Err(reason) => {
+                        if reason.starts_with("No TLS") {
+                            warnings.push(format!("Warning: {reason} [{name}]"));
+                        }
+                        down_reasons.insert(name.clone(), reason);
+                        continue;
+                    }
+                },
+            };
+            wanted.push(Wanted::user(uv, tls));
+        }
+        for (name, lb) in &snap.lb_vservers {
+            let Some((ip, port)) = lb.listen else {
+                continue;
+            };
+            if !lb.enabled {
+                continue;
+            }
+            let tls = match lb.service_type {
+                ServiceType::Tcp | ServiceType::Any => None,
+                ServiceType::SslTcp | ServiceType::Ssl => match tls_for(&lb.certkey, &lb.tls)? {
+                    Ok(c) => Some(c),
+                    Err(reason) => {
+                        down_reasons.insert(format!("lb:{name}"), reason);
+                        continue;
+                    }
+                },
+                _ => continue,
+            };
+            wanted.push(Wanted {
+                addr: SocketAddr::new(ip, port),
+                name: name.clone(),
+                is_lb: true,
+                lb: name.clone(),
+                tls,
+                ext: None,
+                params: Vec::new(),
+                clt_timeout: lb.clt_timeout,
+            });
+        }
+        let mut seen: HashMap<SocketAddr, &str> = HashMap::new();
+        for w in &wanted {
+            if let Some(other) = seen.insert(w.addr, &w.name) {
+                return Err(EngineError::AddressInUse {
+                    addr: w.addr.to_string(),
+                    reason: format!("used by both {other} and {}", w.name),
+                });
+            }
+        }
+
+        // --- prepare: bind the new addresses (nothing running is touched yet) ---
+        let mut fresh: HashMap<SocketAddr, TcpListener> = HashMap::new();
+        for w in &wanted {
+            if self.listeners.contains_key(&w.addr) {
+                continue;
+            }
+            let sock = listener::bind(w.addr).map_err(|e| EngineError::AddressInUse {
+                addr: w.addr.to_string(),
+                reason: e.to_string(),
+            })?;
+            fresh.insert(w.addr, sock);
+        }
+
+        // --- publish (infallible from here) ---
+        let runtime = Arc::new(Runtime {
+            snap: snap.clone(),
+            lbs,
+            services,
+            extensions,
+            down_reasons,
+        });
+        let mut listeners = HashMap::new();
+        for w in wanted {
+            let lb = runtime.lbs[&w.lb].clone();
+            let front = if w.is_lb {
+                lb.shared.clone()
+            } else {
+                Stats::entry(&shared.stats.users, &w.name)
+            };
+            let route = Arc::new(Route {
+                name: w.name,
+                front,
+                front_is_lb: w.is_lb,
+                lb,
+                tls: w.tls.map(TlsAcceptor::from),
+                ext: w.ext.and_then(|e| runtime.extensions.get(&e).cloned()),
+                params: w.params,
+                clt_timeout: w.clt_timeout,
+                _runtime: runtime.clone(),
+            });
+            let l = match (self.listeners.remove(&w.addr), fresh.remove(&w.addr)) {
+                (Some(l), _) => {
+                    l.set_route(route);
+                    l
+                }
+                (None, Some(sock)) => Listener::start(sock, route, shared.clone()),
+                // Every wanted address is either kept or freshly bound above.
+                (None, None) => continue,
+            };
+            listeners.insert(w.addr, l);
+        }
+        // Old listeners not wanted any more close now, after the new ones are up.
+        self.listeners = listeners;
+        self.runtime = Some(runtime.clone());
+
+        // Forget runtime records of entities that left the configuration.
+        Stats::retain(&shared.stats.users, |n| snap.user_vservers.contains_key(n));
+        Stats::retain(&shared.stats.lbs, |n| snap.lb_vservers.contains_key(n));
+        Stats::retain(&shared.stats.services, |n| snap.services.contains_key(n));
+        shared
+            .persistence
+            .retain_vservers(|n| snap.lb_vservers.contains_key(n));
+        refresh_states(&runtime, shared);
+        Ok((runtime, warnings))
+    }
+
+    /// The route served on `addr` (for tests that drive connections by hand).
+    #[cfg(test)]
+    pub fn route(&self, addr: SocketAddr) -> Option<Arc<Route>> {
+        self.listeners.get(&addr).map(Listener::route)
+    }
+
+    /// Closes every listener (engine shutdown).
+    pub fn close_all(&mut self) {
+        self.listeners.clear();
+    }
+}
+
+/// Recomputes every entity's state from the snapshot and the health table, recording transitions.
+/// Called after each commit and after each health change.
+pub(crate) fn refresh_states(rt: &Runtime, shared: &Shared) {
+    let snap = &rt.snap;
+    let mut svc_state: BTreeMap<&str, State> = BTreeMap::new();
+    for (name, spec) in &snap.services {
+        let rec: Arc<ServiceShared> = Stats::entry(&shared.stats.services, name);
+        let st = if !spec.enabled {
+            State::OutOfService
+        } else if !spec.health_monitor || rec.healthy() {
+            State::Up
+        } else {
+            State::Down
+        };
+        rec.set_state(st);
+        svc_state.insert(name, st);
+    }
+    let mut lb_state: BTreeMap<&str, State> = BTreeMap::new();
+    for (name, lb) in &snap.lb_vservers {
+        let rec: Arc<VserverShared> = Stats::entry(&shared.stats.lbs, name);
+        let total = lb.members.len() as u32;
+        let active = lb
+            .members
+            .iter()
+            .filter(|m| svc_state.get(m.service.as_str()) == Some(&State::Up))
+            .count() as u32;
+        let health = (active * 100).checked_div(total).unwrap_or(0);
+        rec.set_health(health, active);
+        let (st, reason) = if !lb.enabled {
+            (State::OutOfService, None)
+        } else if let Some(r) = rt.down_reasons.get(&format!("lb:{name}")) {
+            (State::Down, Some(r.clone()))
+        } else if active > 0 {
+            (State::Up, None)
+        } else {
+            (State::Down, None)
+        };
+        rec.set_state(st, reason);
+        lb_state.insert(name, st);
+    }
+    for (name, uv) in &snap.user_vservers {
+        let rec: Arc<VserverShared> = Stats::entry(&shared.stats.users, name);
+        let (st, reason) = if !uv.enabled {
+            (State::OutOfService, None)
+        } else if let Some(r) = rt.down_reasons.get(name) {
+            (State::Down, Some(r.clone()))
+        } else if lb_state.get(uv.default_lb.as_str()) == Some(&State::Up) {
+            (State::Up, None)
+        } else {
+            (State::Down, None)
+        };
+        rec.set_state(st, reason);
+    }
+}
+
+/// Hashable form of `TlsVersions` for the per-commit server-config cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct TlsKey(bool, bool);
+
+impl From<&TlsVersions> for TlsKey {
+    fn from(v: &TlsVersions) -> Self {
+        TlsKey(v.tls12, v.tls13)
+    }
+}
+
+impl Wanted {
+    fn user(uv: &UserVserverSpec, tls: Option<Arc<ServerConfig>>) -> Wanted {
+        Wanted {
+            addr: SocketAddr::new(uv.ip, uv.port),
+            name: uv.name.clone(),
+            is_lb: false,
+            lb: uv.default_lb.clone(),
+            tls,
+            ext: uv.extension.clone(),
+            params: uv.params.clone(),
+            clt_timeout: uv.clt_timeout,
+        }
+    }
+}

@@ -299,6 +299,7 @@ impl Config {
         // References by name follow the object.
         match kind {
             Kind::Server => {
+                self.reindex_server(&old, &new);
                 for s in self.iter_mut(Kind::Service) {
                     if s.get("serverName") == Some(old.as_str()) {
                         s.params.insert("serverName".into(), new.clone());
@@ -589,10 +590,7 @@ impl Config {
     }
 
     fn services_of_server(&self, server: &str) -> Vec<String> {
-        self.iter(Kind::Service)
-            .filter(|s| s.get("serverName") == Some(server))
-            .map(|s| s.name.clone())
-            .collect()
+        self.services_of(server)
     }
 
     /// NetScaler removes a server's services with it (and their bindings).
@@ -670,11 +668,12 @@ impl Config {
         let server = arg(cmd, "serverName")?;
         let new_server = self.server_for(server)?;
         let (ty, port) = (arg(cmd, "serviceType")?, arg(cmd, "port")?);
-        if let Some(s) = self.iter(Kind::Service).find(|s| {
-            s.get("serverName") == Some(server)
-                && s.get("port") == Some(port)
-                && s.get("serviceType") == Some(ty)
-        }) {
+        let siblings = self.services_of_server(server);
+        if let Some(s) = siblings
+            .iter()
+            .filter_map(|n| self.get(Kind::Service, n))
+            .find(|s| s.get("port") == Some(port) && s.get("serviceType") == Some(ty))
+        {
             return Err(ConfigError::new(
                 2305,
                 "Service exists with the same port and service type",

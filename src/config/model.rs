@@ -147,6 +147,9 @@ impl Object {
 pub struct Config {
     objects: BTreeMap<(Kind, String), Object>,
     next_seq: u64,
+    /// Services by server name: NetScaler's rules about a server's services (duplicates, `rm
+    /// server`) must not scan every service, or a 100,000-object config replays in quadratic time.
+    by_server: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 // === impl Config ===
@@ -168,17 +171,51 @@ impl Config {
     pub fn insert(&mut self, kind: Kind, mut obj: Object) {
         obj.seq = self.next_seq;
         self.next_seq += 1;
+        self.index(kind, &obj);
         self.objects.insert((kind, kind.fold(&obj.name)), obj);
     }
 
     pub fn remove(&mut self, kind: Kind, name: &str) -> Option<Object> {
-        self.objects.remove(&(kind, kind.fold(name)))
+        let o = self.objects.remove(&(kind, kind.fold(name)))?;
+        if kind == Kind::Service {
+            if let Some(set) = o.get("serverName").and_then(|s| self.by_server.get_mut(s)) {
+                set.remove(&o.name);
+            }
+        }
+        Some(o)
+    }
+
+    fn index(&mut self, kind: Kind, o: &Object) {
+        if kind == Kind::Service {
+            if let Some(server) = o.get("serverName") {
+                self.by_server
+                    .entry(server.to_string())
+                    .or_default()
+                    .insert(o.name.clone());
+            }
+        }
+    }
+
+    /// Names of the services of a server.
+    pub fn services_of(&self, server: &str) -> Vec<String> {
+        self.by_server
+            .get(server)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Moves a server's services to its new name in the index (after `rename server`).
+    pub fn reindex_server(&mut self, old: &str, new: &str) {
+        if let Some(set) = self.by_server.remove(old) {
+            self.by_server.insert(new.to_string(), set);
+        }
     }
 
     /// Renames in place, keeping the creation order.
     pub fn rename_object(&mut self, kind: Kind, old: &str, new: &str) {
         if let Some(mut o) = self.remove(kind, old) {
             o.name = new.to_string();
+            self.index(kind, &o);
             self.objects.insert((kind, kind.fold(new)), o);
         }
     }

@@ -64,6 +64,8 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     let dir = lab_dir();
     let app = Appliance::start(dir.path());
     assert!(app.cli(&lab_script("127.2.4")).1);
+    // A non-SSL vserver, to show that SSL settings are refused on it.
+    assert!(app.run("add lb vs tcpvs TCP 127.2.4.21 80").1);
     let before = app.running_config();
     let long_name = "n".repeat(128);
     let cases: Vec<(String, &str)> = vec![
@@ -127,7 +129,6 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
             "add user vs u2 MQTT 127.2.4.20 1883 -defaultLB nosuch".into(),
             "ERROR: No such resource [defaultLB, nosuch]",
         ),
-        ("add lb vs tcpvs TCP 127.2.4.21 80".into(), ""),
         (
             "add lb vs userlb USER_TCP 127.2.4.22 80".into(),
             "ERROR: Invalid argument [IPAddress",
@@ -146,10 +147,6 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         ),
     ];
     for (cmd, want) in &cases {
-        if want.is_empty() {
-            assert!(app.run(cmd).1, "{cmd}");
-            continue;
-        }
         let (out, ok) = app.run(cmd);
         assert!(!ok, "{cmd} should fail: {out}");
         assert!(out.starts_with(want), "{cmd}: got {out:?}, want {want:?}");
@@ -175,7 +172,6 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     }
     let (out, ok) = app.cli("add server \u{1}\u{2}\u{7f} 1.1.1.1\n");
     assert!(!ok && out.contains("ERROR: Invalid character"), "{out}");
-    assert!(app.run("rm lb vserver tcpvs").1);
     assert_eq!(app.running_config(), before);
 }
 
@@ -222,7 +218,6 @@ fn save_restart_gives_identical_running_config_and_backups() {
         "{:#?}",
         app.log
     );
-    let _ = app.wait_log("nsemu ready", std::time::Duration::from_secs(1));
 }
 
 #[test]
@@ -334,4 +329,34 @@ fn help_prints_usage_from_the_grammar() {
         out.contains("lbMethod = ( ROUNDROBIN | LEASTCONNECTION"),
         "{out}"
     );
+}
+
+#[test]
+fn boot_leaves_out_only_the_line_the_engine_refuses() {
+    // Another process holds the address one vserver wants: that line fails at boot, the rest
+    // (including a second listening vserver) loads and serves, and nothing is lost from the file.
+    let taken = std::net::TcpListener::bind("127.2.10.10:80").expect("bind");
+    let dir = lab_dir();
+    std::fs::write(
+        dir.path().join("ns.conf"),
+        "add server a 127.2.10.11\nadd service s1 a TCP 80\nadd lb vserver busy TCP 127.2.10.10 80\nadd lb vserver free TCP 127.2.10.20 80\nbind lb vserver free s1\n",
+    )
+    .expect("write");
+    let mut app = Appliance::start(dir.path());
+    app.wait_log(
+        "ns.conf:3: ERROR: Address already in use",
+        std::time::Duration::from_secs(1),
+    );
+    let cfg = app.running_config();
+    assert!(
+        cfg.contains("add lb vserver free TCP 127.2.10.20 80"),
+        "{cfg}"
+    );
+    assert!(cfg.contains("bind lb vserver free s1"), "{cfg}");
+    assert!(!cfg.contains("busy"), "{cfg}");
+    assert!(
+        std::net::TcpStream::connect("127.2.10.20:80").is_ok(),
+        "the rest of the file serves"
+    );
+    drop(taken);
 }

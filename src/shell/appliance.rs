@@ -180,17 +180,48 @@ impl Appliance {
                 e.text
             ));
         }
-        // A file load is one commit. If the engine refuses it (a port in use, a bad key), boot
-        // without the offending objects is not possible to tell apart, so report and run empty.
+        // A file load is one commit. If the engine refuses it (a port in use, an unreadable
+        // key), load it again line by line, one commit each, so that only the lines the engine
+        // refuses are left out and reported; nothing else of the file is lost.
         match self.commit(&mut st, cfg).await {
             Ok(w) => msgs.extend(w.into_iter().map(|w| format!("Warning: {w}"))),
-            Err(e) => msgs.push(format!(
-                "{}: the engine refused the configuration: {e}",
-                self.paths.config.display()
-            )),
+            Err(e) => {
+                msgs.push(format!(
+                    "{}: the engine refused the configuration as a whole ({e}); loading it line by line",
+                    self.paths.config.display()
+                ));
+                self.replay_line_by_line(&mut st, &text, &mut msgs).await;
+            }
         }
         st.changed = false;
         msgs
+    }
+
+    /// The slow boot path: each command its own transaction. Lines that do not parse or apply
+    /// were reported by the first pass and are skipped silently here.
+    async fn replay_line_by_line(&self, st: &mut State, text: &str, msgs: &mut Vec<String>) {
+        for (i, line) in text.lines().enumerate() {
+            let Ok(cmds) = parse_line(line) else { continue };
+            for cmd in cmds {
+                if !crate::config::apply::is_mutating(&cmd) || cmd.path() == "clear ns config" {
+                    continue;
+                }
+                let Ok(inputs) = self.inputs_for(&cmd) else {
+                    continue;
+                };
+                let mut candidate = st.config.clone();
+                if candidate.apply(&cmd, &inputs).is_err() {
+                    continue;
+                }
+                if let Err(e) = self.commit(st, candidate).await {
+                    msgs.push(format!(
+                        "{}:{}: ERROR: {e} [{line}]",
+                        self.paths.config.display(),
+                        i + 1
+                    ));
+                }
+            }
+        }
     }
 
     /// At first boot NetScaler creates its default certkey; nsemu does the same with a fresh

@@ -202,7 +202,7 @@ fn save_restart_gives_identical_running_config_and_backups() {
         "the previous file is kept as ns.conf.0"
     );
     app.stop();
-    let mut app = Appliance::start(dir.path());
+    let app = Appliance::start(dir.path());
     assert_eq!(app.running_config(), before);
     let (show, _) = app.run("show ns config");
     assert!(

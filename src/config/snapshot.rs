@@ -7,9 +7,13 @@
 //! with service groups expanded, effective enabled flags). Runtime state (health, counters) lives
 //! in the engine, never here. Built by `Snapshot::compile` from a `Config` (see `compile.rs`).
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+
+/// The snapshot's maps: ordered by name, and persistent (structurally shared), so that the next
+/// snapshot is the previous one with the changed entries replaced, at O(log n) per change,
+/// instead of a rebuild of the whole graph for every admin command.
+pub type Map<V> = imbl::OrdMap<String, V>;
 
 /// Everything the engine runs, as of one committed configuration.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -17,18 +21,18 @@ pub struct Snapshot {
     /// Monotonic; each commit gets the next number.
     pub generation: u64,
     /// User vservers by name (listeners with a user protocol and a default lb vserver).
-    pub user_vservers: BTreeMap<String, UserVserverSpec>,
+    pub user_vservers: Map<UserVserverSpec>,
     /// LB vservers by name; addressable TCP/SSL_TCP ones listen themselves.
-    pub lb_vservers: BTreeMap<String, LbVserverSpec>,
+    pub lb_vservers: Map<LbVserverSpec>,
     /// Services by name, including one synthetic service per service group member
     /// (named `GROUP/SERVER:PORT`).
-    pub services: BTreeMap<String, ServiceSpec>,
+    pub services: Map<ServiceSpec>,
     /// Certificate/key pairs by certkey name, paths already resolved to absolute ones.
-    pub certkeys: BTreeMap<String, CertKeySpec>,
+    pub certkeys: Map<CertKeySpec>,
     /// Protocol extensions (Lua source) by extension name.
-    pub extensions: BTreeMap<String, ExtensionSpec>,
+    pub extensions: Map<ExtensionSpec>,
     /// Monitors by name (built-ins included: `tcp-default`, `ping-default`, ...).
-    pub monitors: BTreeMap<String, MonitorSpec>,
+    pub monitors: Map<MonitorSpec>,
 }
 
 /// How a listener talks to its clients.

@@ -743,7 +743,6 @@ mod tests {
     use crate::engine::balance::PersistenceTable;
     use crate::engine::stats::Stats;
     use crate::engine::supervisor::Reconciler;
-    use std::collections::BTreeMap;
     use tokio::net::TcpListener;
 
     /// Per-message LB: every client chunk is one message (EOM); "HI" is answered locally,
@@ -914,12 +913,12 @@ mod tests {
         let vip: SocketAddr = "127.3.41.10:7041".parse().expect("addr");
         for persistence in [Persistence::None, Persistence::UserSession] {
             let snap = Snapshot {
-                user_vservers: BTreeMap::from([("u".to_string(), user(vip))]),
-                lb_vservers: BTreeMap::from([(
+                user_vservers: imbl::OrdMap::from_iter([("u".to_string(), user(vip))]),
+                lb_vservers: imbl::OrdMap::from_iter([(
                     "lb".to_string(),
                     lb(LbMethod::UserToken, persistence),
                 )]),
-                services: BTreeMap::from([
+                services: imbl::OrdMap::from_iter([
                     ("s1".to_string(), svc("s1", a1)),
                     ("s2".to_string(), svc("s2", a2)),
                 ]),
@@ -973,7 +972,7 @@ mod tests {
         let (a2, n2) = echo("127.3.40.12").await;
         let vip: SocketAddr = "127.3.40.10:7040".parse().expect("addr");
         let snap = Snapshot {
-            user_vservers: BTreeMap::from([(
+            user_vservers: imbl::OrdMap::from_iter([(
                 "u".to_string(),
                 UserVserverSpec {
                     name: "u".into(),
@@ -989,7 +988,7 @@ mod tests {
                     clt_timeout: 0,
                 },
             )]),
-            lb_vservers: BTreeMap::from([(
+            lb_vservers: imbl::OrdMap::from_iter([(
                 "lb".to_string(),
                 LbVserverSpec {
                     name: "lb".into(),
@@ -1011,7 +1010,7 @@ mod tests {
                     tls: TlsVersions::default(),
                 },
             )]),
-            services: BTreeMap::from([
+            services: imbl::OrdMap::from_iter([
                 ("s1".to_string(), svc("s1", a1)),
                 ("s2".to_string(), svc("s2", a2)),
             ]),

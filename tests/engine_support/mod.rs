@@ -3,7 +3,6 @@
 //! addresses; backends bind port 0.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -101,8 +100,8 @@ pub fn snapshot(
         lb_vservers: lbs.into_iter().map(|l| (l.name.clone(), l)).collect(),
         services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
         certkeys: certkeys.into_iter().map(|c| (c.name.clone(), c)).collect(),
-        extensions: BTreeMap::new(),
-        monitors: BTreeMap::new(),
+        extensions: imbl::OrdMap::new(),
+        monitors: imbl::OrdMap::new(),
     }
 }
 

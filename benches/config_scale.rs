@@ -1,9 +1,13 @@
 //! Configuration at scale: boot replay of a 100,000-object ns.conf, and the cost of one
-//! admin command on it (the appliance's transaction: clone, apply, compile the snapshot).
+//! admin command on it, as the appliance runs it: clone the config (persistent, O(1)), apply,
+//! compile the snapshot incrementally, and commit it to a running engine.
 //!
 //! Run: `cargo bench --bench config_scale` (prints figures; asserts nothing).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use nsemu::engine::{Engine, EngineOptions};
 
 use nsemu::cli::parse_line;
 use nsemu::config::{nsconf, CompileEnv, Config, Inputs, Snapshot};
@@ -42,16 +46,33 @@ fn generate(objects: usize) -> String {
     s
 }
 
-fn transaction(cfg: &mut Config, line: &str) -> Duration {
+/// One command: (config side, engine commit).
+fn transaction(
+    rt: &tokio::runtime::Runtime,
+    engine: &Engine,
+    cfg: &mut Config,
+    snap: &mut Arc<Snapshot>,
+    line: &str,
+) -> (Duration, Duration) {
     let t = Instant::now();
     let mut candidate = cfg.clone();
     for cmd in parse_line(line).expect("parse") {
         candidate.apply(&cmd, &Inputs::default()).expect(line);
     }
-    let snap = Snapshot::compile(&candidate, &CompileEnv::default(), 2);
-    std::hint::black_box(&snap);
+    let next = Arc::new(Snapshot::compile_incremental(
+        snap,
+        cfg,
+        &candidate,
+        &CompileEnv::default(),
+        snap.generation + 1,
+    ));
+    let config_side = t.elapsed();
+    let t = Instant::now();
+    rt.block_on(engine.commit(next.clone())).expect("commit");
+    let engine_side = t.elapsed();
     *cfg = candidate;
-    t.elapsed()
+    *snap = next;
+    (config_side, engine_side)
 }
 
 fn main() {
@@ -102,17 +123,72 @@ fn main() {
         "  apply of one add (no clone):   {:>8.3} ms",
         apply.as_secs_f64() * 1e3
     );
-    for (what, line) in [
-        ("add server", "add server extra1 10.201.0.1"),
-        ("add service", "add service extra_svc extra1 TCP 80"),
-        ("bind lb vserver", "bind lb vserver vs5 extra_svc"),
-        ("rm service", "rm service extra_svc"),
-    ] {
-        let d = transaction(&mut cfg, line);
+    // Config side only, repeated for medians: apply, diff against the previous config, and the
+    // incremental compile.
+    let mut snap0 = snap.clone();
+    let (mut a, mut d, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..21 {
+        let line = format!("set lb vserver vs{i} -comment c{i}");
+        let cmd = parse_line(&line).expect("parse").remove(0);
+        let t = Instant::now();
+        let mut next = cfg.clone();
+        next.apply(&cmd, &Inputs::default()).expect("apply");
+        a.push(t.elapsed());
+        let t = Instant::now();
+        std::hint::black_box(next.changed_since(&cfg));
+        d.push(t.elapsed());
+        let t = Instant::now();
+        let s2 = Snapshot::compile_incremental(&snap0, &cfg, &next, &CompileEnv::default(), 9);
+        c.push(t.elapsed());
+        snap0 = s2;
+        cfg = next;
+    }
+    let med = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    println!(
+        "  median of 21 'set lb vserver': apply {:.3} ms, diff {:.3} ms, incremental compile {:.3} ms",
+        med(&mut a),
+        med(&mut d),
+        med(&mut c)
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let engine = rt.block_on(async { Engine::new(EngineOptions::default()) });
+    let mut snap = Arc::new(snap);
+    let t = Instant::now();
+    rt.block_on(engine.commit(snap.clone())).expect("commit");
+    println!(
+        "  engine commit of the whole config:{:>6.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    println!("  one command, as the appliance runs it, median of 7 (config side | engine commit):");
+    let kinds: [(&str, &str); 6] = [
+        ("add server", "add server extra{i} 10.201.0.{i}"),
+        ("add service", "add service extra_svc{i} extra{i} TCP 80"),
+        ("bind lb vserver", "bind lb vserver vs{i} extra_svc{i}"),
+        (
+            "set lb vserver",
+            "set lb vserver vs{i} -lbMethod LEASTCONNECTION",
+        ),
+        ("rm service", "rm service extra_svc{i}"),
+        ("rm server", "rm server extra{i}"),
+    ];
+    let mut times: Vec<(Vec<Duration>, Vec<Duration>)> =
+        vec![(Vec::new(), Vec::new()); kinds.len()];
+    for i in 1..=7 {
+        for (k, (_, template)) in kinds.iter().enumerate() {
+            let line = template.replace("{i}", &i.to_string());
+            let (c, e) = transaction(&rt, &engine, &mut cfg, &mut snap, &line);
+            times[k].0.push(c);
+            times[k].1.push(e);
+        }
+    }
+    for ((what, _), (mut c, mut e)) in kinds.iter().zip(times) {
         println!(
-            "  one '{what}' transaction:{:>pad$.1} ms",
-            d.as_secs_f64() * 1e3,
-            pad = 22 - what.len() + 8
+            "    {what:<18}{:>9.3} ms | {:>9.3} ms",
+            med(&mut c),
+            med(&mut e)
         );
     }
 }

@@ -2,7 +2,7 @@
 //! command never changes the configuration.
 
 use nsemu::cli::parse_line;
-use nsemu::config::{nsconf, Config, Inputs};
+use nsemu::config::{nsconf, CompileEnv, Config, Inputs, Snapshot};
 use proptest::prelude::*;
 
 /// Applies a script line by line, ignoring lines the rules refuse (the generator may produce
@@ -92,5 +92,31 @@ proptest! {
         prop_assert!(errors.is_empty(), "{errors:?}\n{saved}");
         let resaved = nsconf::render(&loaded, "Thu Dec  3 12:00:00 2026");
         prop_assert_eq!(saved, resaved);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// The appliance compiles each command's snapshot incrementally; it must equal a full
+    /// compile of the same config after every command.
+    #[test]
+    fn incremental_compile_equals_full_compile(script in prop::collection::vec(command(), 1..40)) {
+        let env = CompileEnv::default();
+        let inputs = Inputs { extension_code: Some("client = {}".into()) };
+        let mut cfg = Config::default();
+        let mut snap = Snapshot::compile(&cfg, &env, 0);
+        for (i, l) in script.iter().enumerate() {
+            for cmd in parse_line(l).expect(l) {
+                let mut next = cfg.clone();
+                if next.apply(&cmd, &inputs).is_ok() {
+                    let inc = Snapshot::compile_incremental(&snap, &cfg, &next, &env, i as u64 + 1);
+                    let full = Snapshot::compile(&next, &env, i as u64 + 1);
+                    prop_assert_eq!(&inc, &full, "after {}", l);
+                    snap = inc;
+                    cfg = next;
+                }
+            }
+        }
     }
 }

@@ -300,34 +300,46 @@ impl Config {
         match kind {
             Kind::Server => {
                 self.reindex_server(&old, &new);
-                for s in self.iter_mut(Kind::Service) {
-                    if s.get("serverName") == Some(old.as_str()) {
+                self.modify_where(
+                    Kind::Service,
+                    |s| s.get("serverName") == Some(old.as_str()),
+                    |s| {
                         s.params.insert("serverName".into(), new.clone());
-                    }
-                }
-                for g in self.iter_mut(Kind::ServiceGroup) {
-                    for m in &mut g.group_members {
-                        if m.server == old {
-                            m.server = new.clone();
+                    },
+                );
+                self.modify_where(
+                    Kind::ServiceGroup,
+                    |g| g.group_members.iter().any(|m| m.server == old),
+                    |g| {
+                        for m in &mut g.group_members {
+                            if m.server == old {
+                                m.server = new.clone();
+                            }
                         }
-                    }
-                }
+                    },
+                );
             }
             Kind::Service | Kind::ServiceGroup => {
-                for v in self.iter_mut(Kind::LbVserver) {
-                    for m in &mut v.members {
-                        if m.service == old {
-                            m.service = new.clone();
+                self.modify_where(
+                    Kind::LbVserver,
+                    |v| v.members.iter().any(|m| m.service == old),
+                    |v| {
+                        for m in &mut v.members {
+                            if m.service == old {
+                                m.service = new.clone();
+                            }
                         }
-                    }
-                }
+                    },
+                );
             }
             Kind::LbVserver => {
-                for u in self.iter_mut(Kind::UserVserver) {
-                    if u.get("defaultLB") == Some(old.as_str()) {
+                self.modify_where(
+                    Kind::UserVserver,
+                    |u| u.get("defaultLB") == Some(old.as_str()),
+                    |u| {
                         u.params.insert("defaultLB".into(), new.clone());
-                    }
-                }
+                    },
+                );
             }
             _ => {}
         }
@@ -716,9 +728,11 @@ impl Config {
     }
 
     fn drop_service(&mut self, name: &str) {
-        for v in self.iter_mut(Kind::LbVserver) {
-            v.members.retain(|m| m.service != name);
-        }
+        self.modify_where(
+            Kind::LbVserver,
+            |v| v.members.iter().any(|m| m.service == name),
+            |v| v.members.retain(|m| m.service != name),
+        );
         if self.remove(Kind::Service, name).is_none() {
             self.remove(Kind::ServiceGroup, name);
         }

@@ -145,11 +145,13 @@ impl Object {
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
-    objects: BTreeMap<(Kind, String), Object>,
+    /// Persistent map: cloning a config for a transaction is O(1) and a clone shares all
+    /// untouched objects, so `diff` against the previous config visits only what changed.
+    objects: imbl::OrdMap<(Kind, String), Object>,
     next_seq: u64,
     /// Services by server name: NetScaler's rules about a server's services (duplicates, `rm
     /// server`) must not scan every service, or a 100,000-object config replays in quadratic time.
-    by_server: BTreeMap<String, std::collections::BTreeSet<String>>,
+    by_server: imbl::OrdMap<String, imbl::OrdSet<String>>,
 }
 
 // === impl Config ===
@@ -235,11 +237,40 @@ impl Config {
         v
     }
 
-    pub fn iter_mut(&mut self, kind: Kind) -> impl Iterator<Item = &mut Object> {
-        self.objects
-            .range_mut((kind, String::new())..)
-            .take_while(move |((k, _), _)| *k == kind)
-            .map(|(_, o)| o)
+    /// Applies `f` to every object of `kind` for which `pred` holds. Only those objects are
+    /// copied out of the structure shared with earlier configs.
+    pub fn modify_where(
+        &mut self,
+        kind: Kind,
+        pred: impl Fn(&Object) -> bool,
+        mut f: impl FnMut(&mut Object),
+    ) {
+        let keys: Vec<(Kind, String)> = self
+            .objects
+            .range((kind, String::new())..)
+            .take_while(|((k, _), _)| *k == kind)
+            .filter(|(_, o)| pred(o))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in keys {
+            if let Some(o) = self.objects.get_mut(&key) {
+                f(o);
+            }
+        }
+    }
+
+    /// What differs between an earlier config and this one, as (kind, name) keys. Shared
+    /// structure is skipped, so after one command this costs about O(log n).
+    pub fn changed_since(&self, earlier: &Config) -> Vec<(Kind, String)> {
+        use imbl::ordmap::DiffItem;
+        earlier
+            .objects
+            .diff(&self.objects)
+            .map(|d| match d {
+                DiffItem::Add(k, _) | DiffItem::Remove(k, _) => k.clone(),
+                DiffItem::Update { new: (k, _), .. } => k.clone(),
+            })
+            .collect()
     }
 
     pub fn len(&self) -> usize {

@@ -85,6 +85,9 @@ impl Reply {
 
 struct State {
     config: Config,
+    /// The snapshot the engine runs, compiled from `config`: the base of the next incremental
+    /// compile.
+    snapshot: Arc<Snapshot>,
     generation: u64,
     /// Running config differs from the saved file.
     changed: bool,
@@ -133,6 +136,11 @@ impl Appliance {
         Arc::new(Appliance {
             state: Mutex::new(State {
                 config: Config::default(),
+                snapshot: Arc::new(Snapshot::compile(
+                    &Config::default(),
+                    &CompileEnv::default(),
+                    0,
+                )),
                 generation: 0,
                 changed: false,
                 last_change: None,
@@ -266,13 +274,21 @@ impl Appliance {
         let env = CompileEnv {
             ssl_dir: self.paths.ssl_dir.clone(),
         };
-        let snap = Snapshot::compile(&cfg, &env, st.generation + 1);
+        let generation = st.generation + 1;
+        // A whole file onto an empty config compiles in one pass; an admin command recompiles
+        // only what it touched.
+        let snap = Arc::new(if st.config.is_empty() {
+            Snapshot::compile(&cfg, &env, generation)
+        } else {
+            Snapshot::compile_incremental(&st.snapshot, &st.config, &cfg, &env, generation)
+        });
         let warnings = self
             .engine
-            .commit(Arc::new(snap))
+            .commit(snap.clone())
             .await
             .map_err(|e| e.to_string())?;
-        st.generation += 1;
+        st.generation = generation;
+        st.snapshot = snap;
         st.config = cfg;
         st.changed = true;
         st.last_change = Some(SystemTime::now());

@@ -133,7 +133,11 @@ fn run_appliance(args: &[String]) -> i32 {
             return 1;
         }
     };
-    let state_dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Persistence sessions are saved beside the config file.
+    let state_dir = match config.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
     let app = rt.block_on(async {
         let engine = Engine::new(EngineOptions { state_dir });
         let app = Appliance::new(paths, engine);

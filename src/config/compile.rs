@@ -79,7 +79,11 @@ impl Snapshot {
                 e.name.clone(),
                 ExtensionSpec {
                     name: e.name.clone(),
-                    code: e.code.clone().unwrap_or_default(),
+                    code: e
+                        .loaded_code
+                        .clone()
+                        .or_else(|| e.code.clone())
+                        .unwrap_or_default(),
                     src: e.get("src").unwrap_or("").to_string(),
                 },
             );

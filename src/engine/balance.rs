@@ -281,7 +281,10 @@ impl PersistenceTable {
         wall: SystemTime,
         keep: impl Fn(&str, &str) -> bool,
     ) -> usize {
-        let wall_secs = wall.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let wall_secs = wall
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         let mut map = lock(&self.map);
         let mut n = 0;
         for s in saved {
@@ -526,12 +529,9 @@ mod tests {
         // "gone" lb vserver no longer exists.
         let t2 = PersistenceTable::default();
         let later = Instant::now();
-        let n = t2.restore(
-            saved,
-            later,
-            wall + Duration::from_secs(60),
-            |vs, _svc| vs == "lb",
-        );
+        let n = t2.restore(saved, later, wall + Duration::from_secs(60), |vs, _svc| {
+            vs == "lb"
+        });
         assert_eq!(n, 1);
         let l = t2.list(later);
         assert_eq!(l.len(), 1);

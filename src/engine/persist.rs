@@ -104,6 +104,9 @@ fn write_atomic(path: &Path, file: &PersistenceFile) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&json)?;

@@ -133,7 +133,11 @@ fn run_appliance(args: &[String]) -> i32 {
             return 1;
         }
     };
-    let state_dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Persistence sessions are saved beside the config file.
+    let state_dir = match config.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
     let app = rt.block_on(async {
         let engine = Engine::new(EngineOptions { state_dir });
         let app = Appliance::new(paths, engine);
@@ -153,6 +157,24 @@ fn run_appliance(args: &[String]) -> i32 {
         }
     };
     rt.spawn(control::serve(app.clone(), listener));
+    // SIGTERM at any moment (also while the console or a piped script still reads stdin) stops
+    // the appliance cleanly: the engine shuts down (saving the persistence sessions) and the
+    // process exits.
+    {
+        let app = app.clone();
+        let socket = socket.clone();
+        let mut term = rt.block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        });
+        rt.spawn(async move {
+            if let Ok(t) = term.as_mut() {
+                t.recv().await;
+                app.engine().shutdown().await;
+                let _ = std::fs::remove_file(&socket);
+                std::process::exit(0);
+            }
+        });
+    }
     tracing::info!(config = %config.display(), socket = %socket.display(), "nsemu ready");
 
     let stdin = std::io::stdin();

@@ -391,6 +391,7 @@ impl Config {
                 // Importing a new name also loads it, as the 12.x tutorials expect.
                 let mut o = object_from(cmd, name);
                 o.params.remove("overwrite");
+                o.loaded_code = Some(code.clone());
                 o.code = Some(code);
                 o.loaded = true;
                 self.insert(Kind::Extension, o);
@@ -412,6 +413,7 @@ impl Config {
             return Err(ConfigError::exists("name", name));
         }
         o.loaded = true;
+        o.loaded_code = o.code.clone();
         if let Some(c) = cmd.get("comment") {
             o.params.insert("comment".into(), c.to_string());
         }
@@ -435,7 +437,10 @@ impl Config {
                 Some(u),
             ));
         }
-        // The engine compiles the current code at commit; nothing else to record.
+        // Load the last imported code; the engine compiles it at commit.
+        if let Some(o) = self.get_mut(Kind::Extension, name) {
+            o.loaded_code = o.code.clone();
+        }
         done()
     }
 

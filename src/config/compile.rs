@@ -161,7 +161,9 @@ impl Snapshot {
             Kind::Extension if o.loaded => {
                 let spec = ExtensionSpec {
                     name: o.name.clone(),
-                    code: o.code.clone().unwrap_or_default(),
+                    // What `add`/`update ns extension` loaded; an `import -overwrite` alone
+                    // does not change what runs.
+                    code: o.loaded_code.clone().or_else(|| o.code.clone()).unwrap_or_default(),
                     src: o.get("src").unwrap_or("").to_string(),
                 };
                 self.extensions.insert(o.name.clone(), spec);

@@ -124,10 +124,13 @@ pub struct Object {
     pub certs: Vec<CertBind>,
     /// SSL entities: bound ECC curves (recorded, not used by the engine).
     pub ecc_curves: Vec<String>,
-    /// Extension: the imported source text.
+    /// Extension: the imported source text (the latest `import`).
     pub code: Option<String>,
     /// Extension: loaded into the engine (`add ns extension`, or import of a new name).
     pub loaded: bool,
+    /// Extension: the source the engine runs, fixed by `add ns extension`, `update ns extension`
+    /// or the import of a new name. `import -overwrite` changes only `code` until `update`.
+    pub loaded_code: Option<String>,
     /// Service: graceful disable delay in seconds (runtime only, never saved).
     pub drain_delay: Option<u32>,
 }

@@ -15,9 +15,11 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
 
 use crate::config::snapshot::LbMethod;
 use crate::engine::stats::lock;
@@ -46,10 +48,23 @@ pub struct Balancer {
 }
 
 /// Persistence entries (USERSESSION and SOURCEIP), keyed by (lb vserver, key).
-/// Shared by all snapshots so sessions survive commits.
+/// Shared by all snapshots so sessions survive commits; `engine::persist` writes them to disk.
 #[derive(Debug, Default)]
 pub struct PersistenceTable {
     map: Mutex<HashMap<(String, String), Persisted>>,
+    /// Set by every change (new entry, refreshed expiry, removal) and cleared by `take_dirty`:
+    /// the periodic writer saves the table only when it changed since the last save.
+    dirty: AtomicBool,
+}
+
+/// One persistence session as saved on disk: the expiry is wall-clock time (seconds since the
+/// Unix epoch), so the time the appliance was stopped counts against the timeout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSession {
+    pub vserver: String,
+    pub key: String,
+    pub service: String,
+    pub expires_unix: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -184,10 +199,12 @@ impl PersistenceTable {
         match map.get_mut(&k) {
             Some(p) if p.expires > now => {
                 p.expires = now + timeout;
+                self.dirty.store(true, Ordering::Relaxed);
                 Some(p.service.clone())
             }
             Some(_) => {
                 map.remove(&k);
+                self.dirty.store(true, Ordering::Relaxed);
                 None
             }
             None => None,
@@ -207,11 +224,86 @@ impl PersistenceTable {
                 expires: now + timeout,
             },
         );
+        self.dirty.store(true, Ordering::Relaxed);
     }
 
-    /// Drops the sessions of lb vservers not in `keep`.
-    pub fn retain_vservers(&self, keep: impl Fn(&str) -> bool) {
-        lock(&self.map).retain(|(vs, _), _| keep(vs));
+    /// Keeps only the sessions for which `keep(lb vserver, service)` holds (after a commit: the
+    /// lb vserver still exists and the service is still bound to it).
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        let mut map = lock(&self.map);
+        let before = map.len();
+        map.retain(|(vs, _), p| keep(vs, &p.service));
+        if map.len() != before {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// True if the table changed since the last call (and clears the mark).
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::Relaxed)
+    }
+
+    /// Marks the table changed (a failed save is retried by the next periodic write).
+    pub fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// The live sessions with wall-clock expiries, sorted (for the persistence file).
+    pub fn export(&self, now: Instant, wall: SystemTime) -> Vec<SavedSession> {
+        let map = lock(&self.map);
+        let base = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let mut v: Vec<SavedSession> = map
+            .iter()
+            .filter(|(_, p)| p.expires > now)
+            .map(|((vs, key), p)| {
+                // Round up so a session never loses time by being saved.
+                let left = p.expires.saturating_duration_since(now);
+                let expires = base + left;
+                let secs = expires.as_secs() + u64::from(expires.subsec_nanos() > 0);
+                SavedSession {
+                    vserver: vs.clone(),
+                    key: key.clone(),
+                    service: p.service.clone(),
+                    expires_unix: secs,
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.vserver, &a.key).cmp(&(&b.vserver, &b.key)));
+        v
+    }
+
+    /// Adds saved sessions that have not expired at `wall` and that `keep(lb vserver, service)`
+    /// accepts; an entry already in the table wins. Returns how many were restored.
+    pub fn restore(
+        &self,
+        saved: Vec<SavedSession>,
+        now: Instant,
+        wall: SystemTime,
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> usize {
+        let wall_secs = wall
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut map = lock(&self.map);
+        let mut n = 0;
+        for s in saved {
+            if s.expires_unix <= wall_secs || !keep(&s.vserver, &s.service) {
+                continue;
+            }
+            let left = Duration::from_secs(s.expires_unix - wall_secs);
+            if let std::collections::hash_map::Entry::Vacant(e) = map.entry((s.vserver, s.key)) {
+                e.insert(Persisted {
+                    service: s.service,
+                    expires: now + left,
+                });
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        n
     }
 
     /// Live sessions, sorted by vserver then key (for `show lb persistentSessions`).
@@ -384,6 +476,81 @@ mod tests {
             .get("lb", "dev1", now + Duration::from_secs(400), to)
             .is_none());
         assert!(t.get("other", "dev1", now, to).is_none());
+    }
+
+    #[test]
+    fn user_token_moves_only_the_tokens_of_a_removed_service() {
+        let names = ["svc1", "svc2", "svc3"];
+        let m = cands(&names, &[1, 1, 1]);
+        let b = Balancer::new(LbMethod::UserToken, 3);
+        let tokens: Vec<String> = (0..200).map(|i| format!("client-{i}")).collect();
+        let before: Vec<usize> = tokens
+            .iter()
+            .map(|t| b.pick(&m, None, Some(t)).unwrap())
+            .collect();
+        for i in 0..3 {
+            assert!(before.contains(&i), "service {i} got no token");
+        }
+        // svc2 leaves the pool (disabled or DOWN): only its tokens move, to the other two.
+        let mut m2 = m.clone();
+        m2[1] = None;
+        let after: Vec<usize> = tokens
+            .iter()
+            .map(|t| b.pick(&m2, None, Some(t)).unwrap())
+            .collect();
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        let held_by_svc2 = before.iter().filter(|&&i| i == 1).count();
+        assert_eq!(moved, held_by_svc2, "only svc2's tokens move");
+        assert!(after.iter().all(|&i| i != 1));
+        // And when it comes back, every token returns to where it was.
+        let back: Vec<usize> = tokens
+            .iter()
+            .map(|t| b.pick(&m, None, Some(t)).unwrap())
+            .collect();
+        assert_eq!(back, before);
+    }
+
+    #[test]
+    fn persistence_exports_and_restores_with_wall_clock_expiry() {
+        let t = PersistenceTable::default();
+        let now = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        t.put("lb", "dev1", "s1", now, Duration::from_secs(300));
+        t.put("lb", "dev2", "s2", now, Duration::from_secs(10));
+        t.put("gone", "dev3", "s1", now, Duration::from_secs(300));
+        assert!(t.take_dirty());
+        assert!(!t.take_dirty());
+        let saved = t.export(now, wall);
+        assert_eq!(saved.len(), 3);
+        assert_eq!(saved[1].key, "dev1");
+        assert_eq!(saved[1].expires_unix, 1_000_300);
+
+        // Restored 60 s (wall clock) later into a fresh table: dev2 expired meanwhile, the
+        // "gone" lb vserver no longer exists.
+        let t2 = PersistenceTable::default();
+        let later = Instant::now();
+        let n = t2.restore(saved, later, wall + Duration::from_secs(60), |vs, _svc| {
+            vs == "lb"
+        });
+        assert_eq!(n, 1);
+        let l = t2.list(later);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].key, "dev1");
+        assert_eq!(l[0].service, "s1");
+        assert_eq!(l[0].remaining_secs, 240);
+        assert!(t2.take_dirty());
+    }
+
+    #[test]
+    fn persistence_retain_drops_unbound_services() {
+        let t = PersistenceTable::default();
+        let now = Instant::now();
+        t.put("lb", "a", "s1", now, Duration::from_secs(60));
+        t.put("lb", "b", "s2", now, Duration::from_secs(60));
+        t.take_dirty();
+        t.retain(|_, svc| svc == "s1");
+        assert!(t.take_dirty());
+        assert_eq!(t.list(now).len(), 1);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod backend;
 pub mod balance;
 pub mod extension;
 mod listener;
+pub mod persist;
 mod proxy;
 mod stats;
 pub mod status;
@@ -17,7 +18,7 @@ mod tls;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
 
@@ -74,6 +75,8 @@ impl std::error::Error for EngineError {}
 /// Where the engine keeps files of its own (persistence sessions).
 #[derive(Debug, Clone, Default)]
 pub struct EngineOptions {
+    /// Directory of `persist::FILE_NAME` (beside ns.conf). Empty: sessions are kept in memory
+    /// only.
     pub state_dir: PathBuf,
 }
 
@@ -90,7 +93,8 @@ struct Inner {
     /// The published runtime, read by `status` and health updates (connections hold their own).
     current: RwLock<Option<Arc<Runtime>>>,
     shared: Arc<Shared>,
-    _opts: EngineOptions,
+    /// The persistence file; written by the periodic task started in `new` and by `shutdown`.
+    store: Arc<persist::Store>,
 }
 
 impl Engine {
@@ -102,17 +106,22 @@ impl Engine {
         if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
             tracing::warn!(error = %e, "could not raise RLIMIT_NOFILE");
         }
+        let store = Arc::new(persist::Store::open(&opts.state_dir));
+        let shared = Arc::new(Shared {
+            stats: Stats::default(),
+            persistence: Default::default(),
+            shutdown: watch::channel(false).0,
+            provider: tls::provider(),
+        });
+        if store.enabled() {
+            tokio::spawn(write_sessions(shared.clone(), store.clone()));
+        }
         Engine {
             inner: Arc::new(Inner {
                 reconciler: tokio::sync::Mutex::new(Reconciler::default()),
                 current: RwLock::new(None),
-                shared: Arc::new(Shared {
-                    stats: Stats::default(),
-                    persistence: Default::default(),
-                    shutdown: watch::channel(false).0,
-                    provider: tls::provider(),
-                }),
-                _opts: opts,
+                shared,
+                store,
             }),
         }
     }
@@ -124,7 +133,18 @@ impl Engine {
             return Err(EngineError::Stopped);
         }
         let mut rec = self.inner.reconciler.lock().await;
-        let (rt, warnings) = rec.commit(snap, &self.inner.shared)?;
+        let (rt, warnings) = rec.commit(snap.clone(), &self.inner.shared)?;
+        if let Some(saved) = self.inner.store.take_pending() {
+            // The first configuration is known: bring back the sessions of the previous run
+            // that still fit it.
+            let n = self.inner.shared.persistence.restore(
+                saved,
+                Instant::now(),
+                SystemTime::now(),
+                |vs, svc| supervisor::is_bound(&snap, vs, svc),
+            );
+            tracing::info!(sessions = n, "restored persistence sessions");
+        }
         *self
             .inner
             .current
@@ -181,9 +201,31 @@ impl Engine {
         }
     }
 
-    /// Stops listeners and closes connections.
+    /// Stops listeners, closes connections and saves the persistence sessions.
     pub async fn shutdown(&self) {
         self.inner.shared.shutdown.send_replace(true);
         self.inner.reconciler.lock().await.close_all();
+        // Sessions read at start but never restored (no commit happened) are kept as they were.
+        if self.inner.store.enabled() && self.inner.store.take_pending().is_none() {
+            self.inner.store.save(&self.inner.shared.persistence);
+        }
+    }
+}
+
+/// The periodic writer: saves the persistence table when it changed, until shutdown (which
+/// writes the last state itself).
+async fn write_sessions(shared: Arc<Shared>, store: Arc<persist::Store>) {
+    let mut stop = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(persist::WRITE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if shared.persistence.take_dirty() {
+            let (shared, store) = (shared.clone(), store.clone());
+            let _ = tokio::task::spawn_blocking(move || store.save(&shared.persistence)).await;
+        }
     }
 }

@@ -465,6 +465,7 @@ impl Conn {
                     session,
                 } => {
                     Counters::add(&self.route.front.counters.ext_messages, 1);
+                    Counters::add(&self.route.front.counters.ext_bytes, data.len() as u64);
                     if st.backend.is_none() || st.message_done {
                         // A new load-balancing decision: on the first data, and after each EOM.
                         let current = st.backend.take().filter(|_| !st.server_eof);
@@ -485,6 +486,8 @@ impl Conn {
                     }
                 }
                 Action::ToClient { data, .. } => {
+                    Counters::add(&self.route.front.counters.ext_messages, 1);
+                    Counters::add(&self.route.front.counters.ext_bytes, data.len() as u64);
                     client.write_all(&data).await.map_err(ProxyError::Io)?;
                     Counters::add(&self.route.front.counters.response_bytes, data.len() as u64);
                 }
@@ -1070,7 +1073,16 @@ mod tests {
                 .counters
                 .ext_messages
                 .load(std::sync::atomic::Ordering::Relaxed),
-            2
+            5,
+            "m1 and m2 to the servers, their two echoes and the local answer to the client"
+        );
+        assert_eq!(
+            route
+                .front
+                .counters
+                .ext_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2 + 2 + 4 + 4 + 5
         );
     }
 }

@@ -27,7 +27,9 @@ pub(crate) struct Counters {
     pub request_bytes: AtomicU64,
     pub response_bytes: AtomicU64,
     pub rejected: AtomicU64,
+    /// Messages the extension passed on with `ns.send` (to either side), and their bytes.
     pub ext_messages: AtomicU64,
+    pub ext_bytes: AtomicU64,
     pub ext_errors: AtomicU64,
 }
 
@@ -163,6 +165,7 @@ impl VserverShared {
             last_state_change: s.since,
             counters: self.counters.snapshot(),
             ext_messages: self.counters.ext_messages.load(Ordering::Relaxed),
+            ext_bytes: self.counters.ext_bytes.load(Ordering::Relaxed),
             ext_errors: self.counters.ext_errors.load(Ordering::Relaxed),
             health,
             active_services,

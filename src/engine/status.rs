@@ -48,8 +48,10 @@ pub struct VserverStatus {
     pub reason: Option<String>,
     pub last_state_change: Option<SystemTime>,
     pub counters: Counters,
-    /// Messages the protocol extension passed on (user vservers).
+    /// Messages the protocol extension passed on with `ns.send`, to either side (user vservers).
     pub ext_messages: u64,
+    /// Bytes in those messages.
+    pub ext_bytes: u64,
     /// Lua errors that reset a connection (user vservers).
     pub ext_errors: u64,
     /// Percentage of bound services that are UP (lb vservers).

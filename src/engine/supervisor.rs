@@ -344,7 +344,7 @@ impl Reconciler {
         Stats::retain(&shared.stats.services, |n| snap.services.contains_key(n));
         shared
             .persistence
-            .retain_vservers(|n| snap.lb_vservers.contains_key(n));
+            .retain(|vs, svc| is_bound(&snap, vs, svc));
         refresh_states(&runtime, shared);
         Ok((runtime, warnings))
     }
@@ -359,6 +359,14 @@ impl Reconciler {
     pub fn close_all(&mut self) {
         self.listeners.clear();
     }
+}
+
+/// True when lb vserver `lb` exists in `snap` with `service` bound to it (a persistence session
+/// that is not is dropped).
+pub(crate) fn is_bound(snap: &Snapshot, lb: &str, service: &str) -> bool {
+    snap.lb_vservers
+        .get(lb)
+        .is_some_and(|l| l.members.iter().any(|m| m.service == service))
 }
 
 /// Recomputes every entity's state from the snapshot and the health table, recording transitions.

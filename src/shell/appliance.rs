@@ -14,7 +14,8 @@ use tokio::sync::Mutex;
 
 use crate::cli::{parse_line, Command};
 use crate::config::{nsconf, CompileEnv, Config, ConfigError, Inputs, Kind, Snapshot};
-use crate::engine::Engine;
+use crate::engine::extension::Extension;
+use crate::engine::{Engine, EngineError};
 
 use super::render;
 use super::time::ctime;
@@ -309,6 +310,20 @@ impl Appliance {
                 Some(format!("src, {}: {e}", path.display())),
             )
         })?;
+        // NetScaler checks the script at import, so a syntax error is refused here, before
+        // anything changes (also for `-overwrite`, whose code runs only after `update`).
+        let name = cmd.get("name").unwrap_or("");
+        if let Err(e) = Extension::compile(name, &code) {
+            let message = match e {
+                EngineError::ExtensionCompile { message, .. } => message,
+                other => other.to_string(),
+            };
+            return Err(ConfigError::new(
+                3962,
+                "Extension compilation error.",
+                Some(format!("{name}, {message}")),
+            ));
+        }
         Ok(Inputs {
             extension_code: Some(code),
         })

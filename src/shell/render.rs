@@ -555,8 +555,8 @@ pub fn user_vserver(cfg: &Config, status: &Status, name: Option<&str>) -> Out {
         if let Some(st) = st {
             let _ = writeln!(
                 s,
-                "\tExtension messages: {}\tExtension errors: {}",
-                st.ext_messages, st.ext_errors
+                "\tExtension messages: {}\tExtension bytes: {}\tExtension errors: {}",
+                st.ext_messages, st.ext_bytes, st.ext_errors
             );
         }
     }))
@@ -653,6 +653,7 @@ pub fn stat_vservers(cfg: &Config, status: &Status, kind: Kind, name: Option<&st
         counters_block(&mut s, &format!("Virtual Server Summary: {}", o.name), &st);
         if kind == Kind::UserVserver {
             let _ = writeln!(s, "{:<40}{:>12}", "Extension messages", st.ext_messages);
+            let _ = writeln!(s, "{:<40}{:>12}", "Extension bytes", st.ext_bytes);
             let _ = writeln!(s, "{:<40}{:>12}", "Extension errors", st.ext_errors);
         }
     }

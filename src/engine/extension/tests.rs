@@ -209,7 +209,7 @@ fn mqtt_refuses_a_first_packet_that_is_not_connect() {
 }
 
 #[test]
-fn mqtt_mblb_sends_every_packet_as_a_message() {
+fn mqtt_mblb_sends_every_publish_as_a_message() {
     let ext = Extension::compile("mqtt_mblb", MQTT_MBLB_LUA).unwrap();
     let c = connect(4, "dev");
     let p1 = publish("a", "one");
@@ -222,15 +222,45 @@ fn mqtt_mblb_sends_every_packet_as_a_message() {
     let cut1 = 5;
     let cut2 = c.len() + p1.len() + 2;
     assert_eq!(session.on_client_data(&stream[..cut1]).unwrap(), vec![]);
+    let with_connect = |p: &[u8]| [c.as_slice(), p].concat();
     assert_eq!(
         session.on_client_data(&stream[cut1..cut2]).unwrap(),
-        vec![to_server(&c, true), to_server(&p1, true)]
+        vec![
+            to_client(&[0x20, 2, 0, 0], true),
+            to_server(&with_connect(&p1), true)
+        ]
     );
     assert_eq!(
         session.on_client_data(&stream[cut2..]).unwrap(),
-        vec![to_server(&p2, true)]
+        vec![to_server(&with_connect(&p2), true)]
     );
+    // QoS 1: the extension acknowledges; PINGREQ is answered; the brokers' answers are dropped.
+    let mut q1 = mqtt_string("t");
+    q1.extend([0x12, 0x34]);
+    q1.extend(b"x");
+    let q1 = packet(0x32, &q1);
+    assert_eq!(
+        session.on_client_data(&q1).unwrap(),
+        vec![
+            to_server(&with_connect(&q1), true),
+            to_client(&[0x40, 2, 0x12, 0x34], true)
+        ]
+    );
+    assert_eq!(
+        session.on_client_data(&[0xC0, 0]).unwrap(),
+        vec![to_client(&[0xD0, 0], true)]
+    );
+    assert_eq!(session.on_server_data(&[0x20, 2, 0, 0]).unwrap(), vec![]);
     assert!(!session.is_released(), "message mode never pipes");
+    // A SUBSCRIBE has no meaning per message: the connection is reset.
+    let sub = packet(0x82, &[0, 1, 0, 1, b't', 0]);
+    assert!(session.on_client_data(&sub).is_err());
+    // MQTT 5 gets a CONNACK with an empty property list.
+    let mut v5 = ext.new_session(context()).unwrap();
+    assert_eq!(
+        v5.on_client_data(&connect(5, "dev5")).unwrap(),
+        vec![to_client(&[0x20, 3, 0, 0, 0], true)]
+    );
 }
 
 // === compile ===

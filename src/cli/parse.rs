@@ -69,20 +69,25 @@ pub fn match_word<'a>(typed: &str, candidates: impl IntoIterator<Item = &'a str>
 }
 
 /// Command paths to match against: every command, plus aliases (mapped to their target).
-fn paths() -> Vec<(Vec<&'static str>, &'static CommandDef)> {
-    let g = grammar();
-    let mut v: Vec<_> = g
-        .commands
-        .iter()
-        .map(|c| (c.path.iter().map(String::as_str).collect(), c))
-        .collect();
-    for (from, to) in &g.aliases {
-        let to: Vec<&str> = to.iter().map(String::as_str).collect();
-        if let Some(c) = g.command(&to) {
-            v.push((from.iter().map(String::as_str).collect(), c));
+/// Built once: every line of a 100,000-line ns.conf resolves its path against this list.
+fn paths() -> &'static [(Vec<&'static str>, &'static CommandDef)] {
+    static PATHS: std::sync::OnceLock<Vec<(Vec<&'static str>, &'static CommandDef)>> =
+        std::sync::OnceLock::new();
+    PATHS.get_or_init(|| {
+        let g = grammar();
+        let mut v: Vec<_> = g
+            .commands
+            .iter()
+            .map(|c| (c.path.iter().map(String::as_str).collect(), c))
+            .collect();
+        for (from, to) in &g.aliases {
+            let to: Vec<&str> = to.iter().map(String::as_str).collect();
+            if let Some(c) = g.command(&to) {
+                v.push((from.iter().map(String::as_str).collect(), c));
+            }
         }
-    }
-    v
+        v
+    })
 }
 
 /// Where path resolution stopped.
@@ -96,7 +101,7 @@ pub enum PathState {
 
 /// Resolves the command path from the first tokens.
 pub fn resolve_path(tokens: &[Token]) -> Result<PathState, ParseError> {
-    let mut cands = paths();
+    let mut cands: Vec<&(Vec<&'static str>, &'static CommandDef)> = paths().iter().collect();
     let mut depth = 0;
     let mut t = 0;
     loop {

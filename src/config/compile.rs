@@ -163,7 +163,11 @@ impl Snapshot {
                     name: o.name.clone(),
                     // What `add`/`update ns extension` loaded; an `import -overwrite` alone
                     // does not change what runs.
-                    code: o.loaded_code.clone().or_else(|| o.code.clone()).unwrap_or_default(),
+                    code: o
+                        .loaded_code
+                        .clone()
+                        .or_else(|| o.code.clone())
+                        .unwrap_or_default(),
                     src: o.get("src").unwrap_or("").to_string(),
                 };
                 self.extensions.insert(o.name.clone(), spec);

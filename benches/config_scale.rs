@@ -28,7 +28,9 @@ fn generate(objects: usize) -> String {
     }
     for g in 0..groups {
         for k in 0..3 {
-            s.push_str(&format!("add service svc{g}_{k} srv{g}_{k} TCP 80 -healthMonitor NO\n"));
+            s.push_str(&format!(
+                "add service svc{g}_{k} srv{g}_{k} TCP 80 -healthMonitor NO\n"
+            ));
         }
     }
     for g in 0..groups {

@@ -185,7 +185,7 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         if let Some(rt) = rt {
-            supervisor::refresh_states(&rt, shared);
+            supervisor::refresh_some_states(&rt, shared, &[service.to_string()], &[]);
         }
     }
 

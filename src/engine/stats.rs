@@ -143,6 +143,11 @@ impl Drop for GaugeGuard {
 
 impl VserverShared {
     /// Records `state`; the timestamp moves only on a real transition.
+    /// The state last recorded.
+    pub fn state(&self) -> State {
+        lock(&self.state).state
+    }
+
     pub fn set_state(&self, state: State, reason: Option<String>) {
         let mut s = lock(&self.state);
         if s.state != state || s.since.is_none() {
@@ -197,6 +202,11 @@ impl ServiceShared {
         *lock(&self.last_response) = last_response;
     }
 
+    /// The state last recorded.
+    pub fn state(&self) -> State {
+        lock(&self.state).state
+    }
+
     pub fn set_state(&self, state: State) {
         let mut s = lock(&self.state);
         if s.state != state || s.since.is_none() {
@@ -232,10 +242,5 @@ impl Stats {
     /// The record named `name` in `table`, created on first use.
     pub fn entry<T: Default>(table: &Mutex<HashMap<String, Arc<T>>>, name: &str) -> Arc<T> {
         lock(table).entry(name.to_string()).or_default().clone()
-    }
-
-    /// Drops records of entities no longer configured (their counters restart if re-added).
-    pub fn retain<T>(table: &Mutex<HashMap<String, Arc<T>>>, keep: impl Fn(&str) -> bool) {
-        lock(table).retain(|k, _| keep(k));
     }
 }

@@ -16,7 +16,9 @@
 //!
 //! It must not do I/O on the data path; the proxy reads what this module publishes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+
+use imbl::ordmap::DiffItem;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -36,7 +38,7 @@ use crate::engine::listener::{self, Listener};
 use crate::engine::stats::{ServiceShared, Stats, VserverShared};
 use crate::engine::status::State;
 use crate::engine::tls::{self, LoadedCertKey};
-use crate::engine::EngineError;
+use crate::engine::{lock, EngineError};
 
 /// Engine-wide state shared by the supervisor, listeners and connections.
 pub(crate) struct Shared {
@@ -48,11 +50,20 @@ pub(crate) struct Shared {
 }
 
 /// Everything one committed snapshot runs with. Immutable once published; connections hold it.
+/// Its maps are persistent (imbl): the next commit starts from a cheap copy and replaces only
+/// what the snapshot diff names, so an admin command costs O(changes), not O(configuration).
 pub(crate) struct Runtime {
     pub snap: Arc<Snapshot>,
-    pub lbs: HashMap<String, Arc<LbRuntime>>,
-    pub services: HashMap<String, Arc<ServiceRuntime>>,
-    pub extensions: HashMap<String, Arc<Extension>>,
+    pub lbs: imbl::HashMap<String, Arc<LbRuntime>>,
+    pub services: imbl::HashMap<String, Arc<ServiceRuntime>>,
+    pub extensions: imbl::HashMap<String, Arc<Extension>>,
+    /// Service name -> the lb vservers that bind it: a rebuilt service rebuilds only these.
+    pub lbs_of: imbl::HashMap<String, imbl::OrdSet<String>>,
+    /// Lb vservers that listen themselves (`listen` is set).
+    pub addressable: imbl::OrdSet<String>,
+    /// Services whose backend TLS verifies against CA certkeys (their CA material is rechecked
+    /// on every commit, since a certkey's files may change under the same name).
+    pub ca_services: imbl::OrdSet<String>,
     /// Why an enabled user vserver (by name) or addressable lb vserver (`lb:` + name) does not
     /// listen.
     pub down_reasons: HashMap<String, String>,
@@ -114,32 +125,83 @@ impl Reconciler {
     ) -> Result<(Arc<Runtime>, Vec<String>), EngineError> {
         let prev = self.runtime.clone();
         let mut warnings = Vec::new();
-
-        // --- prepare: extensions ---
-        let mut extensions = HashMap::new();
-        for (name, spec) in &snap.extensions {
-            let reused = prev.as_ref().and_then(|p| {
-                (p.snap.extensions.get(name) == Some(spec))
-                    .then(|| p.extensions.get(name).cloned())
-                    .flatten()
-            });
-            let ext = match reused {
-                Some(e) => e,
-                None => Arc::new(Extension::compile(name, &spec.code)?),
+        let empty = Snapshot::default();
+        let old: &Snapshot = prev.as_ref().map(|p| &*p.snap).unwrap_or(&empty);
+        // Start from the running runtime's maps (O(1) copies); only diffs are applied below.
+        let (mut extensions, mut services, mut lbs, mut lbs_of, mut addressable, mut ca_services) =
+            match &prev {
+                Some(p) => (
+                    p.extensions.clone(),
+                    p.services.clone(),
+                    p.lbs.clone(),
+                    p.lbs_of.clone(),
+                    p.addressable.clone(),
+                    p.ca_services.clone(),
+                ),
+                None => Default::default(),
             };
-            extensions.insert(name.clone(), ext);
+
+        // --- prepare: extensions that changed ---
+        for d in old.extensions.diff(&snap.extensions) {
+            match d {
+                DiffItem::Add(name, spec)
+                | DiffItem::Update {
+                    new: (name, spec), ..
+                } => {
+                    extensions.insert(
+                        name.clone(),
+                        Arc::new(Extension::compile(name, &spec.code)?),
+                    );
+                }
+                DiffItem::Remove(name, _) => {
+                    extensions.remove(name);
+                }
+            }
         }
 
-        // --- prepare: certificates (all of them: a bad file fails the command that added it) ---
+        // --- prepare: certificates (all of them, every commit: there are few, a bad file
+        // fails the command that added it, and `update ssl certKey` may name the same files
+        // with new contents) ---
         let mut certs: HashMap<&str, LoadedCertKey> = HashMap::new();
         for (name, spec) in &snap.certkeys {
             certs.insert(name, tls::load_certkey(spec, &shared.provider)?);
         }
 
-        // --- prepare: services ---
-        let mut services = HashMap::new();
-        for (name, spec) in &snap.services {
+        // --- prepare: services that changed, and those whose CA material changed ---
+        let mut changed_services: Vec<String> = Vec::new();
+        for d in old.services.diff(&snap.services) {
+            match d {
+                DiffItem::Add(name, spec)
+                | DiffItem::Update {
+                    new: (name, spec), ..
+                } => {
+                    if spec.ca_certkeys.is_empty() {
+                        ca_services.remove(name);
+                    } else {
+                        ca_services.insert(name.clone());
+                    }
+                    changed_services.push(name.clone());
+                }
+                DiffItem::Remove(name, _) => {
+                    ca_services.remove(name);
+                    services.remove(name);
+                    changed_services.push(name.clone());
+                }
+            }
+        }
+        for name in ca_services.iter() {
+            if !changed_services.contains(name) {
+                changed_services.push(name.clone());
+            }
+        }
+        let mut rebuilt_services: Vec<String> = Vec::new();
+        for name in &changed_services {
+            let Some(spec) = snap.services.get(name) else {
+                continue;
+            };
             if !ServiceRuntime::proxied(spec) {
+                services.remove(name);
+                rebuilt_services.push(name.clone());
                 continue;
             }
             let mut roots = Vec::new();
@@ -149,37 +211,74 @@ impl Reconciler {
                 }
             }
             let ca_der: Vec<Vec<u8>> = roots.iter().map(|c| c.as_ref().to_vec()).collect();
-            let kept = prev
-                .as_ref()
-                .and_then(|p| p.services.get(name))
-                .filter(|s| s.same_backend(spec, &ca_der))
-                .cloned();
-            let svc = match kept {
-                Some(s) => s,
-                None => {
-                    let cfg = if ServiceRuntime::wants_tls(spec) {
-                        Some(tls::client_config(spec, &roots, &shared.provider)?)
-                    } else {
-                        None
-                    };
-                    let rec: Arc<ServiceShared> = Stats::entry(&shared.stats.services, name);
-                    Arc::new(ServiceRuntime::new(spec.clone(), rec, cfg, ca_der))
-                }
+            if services
+                .get(name)
+                .is_some_and(|s| s.same_backend(spec, &ca_der))
+            {
+                continue;
+            }
+            let cfg = if ServiceRuntime::wants_tls(spec) {
+                Some(tls::client_config(spec, &roots, &shared.provider)?)
+            } else {
+                None
             };
-            services.insert(name.clone(), svc);
+            let rec: Arc<ServiceShared> = Stats::entry(&shared.stats.services, name);
+            services.insert(
+                name.clone(),
+                Arc::new(ServiceRuntime::new(spec.clone(), rec, cfg, ca_der)),
+            );
+            rebuilt_services.push(name.clone());
         }
 
-        // --- prepare: lb vservers ---
-        let mut lbs = HashMap::new();
-        for (name, spec) in &snap.lb_vservers {
+        // --- prepare: lb vservers that changed, or whose services were rebuilt ---
+        let mut changed_lbs: Vec<String> = Vec::new();
+        let lb_diff: Vec<_> = old.lb_vservers.diff(&snap.lb_vservers).collect();
+        for d in &lb_diff {
+            let (name, old_spec, new_spec) = match d {
+                DiffItem::Add(n, v) => (*n, None, Some(*v)),
+                DiffItem::Update {
+                    old: (n, o),
+                    new: (_, v),
+                } => (*n, Some(*o), Some(*v)),
+                DiffItem::Remove(n, o) => (*n, Some(*o), None),
+            };
+            for m in old_spec.iter().flat_map(|o| o.members.iter()) {
+                if let Some(set) = lbs_of.get_mut(&m.service) {
+                    set.remove(name);
+                }
+            }
+            for m in new_spec.iter().flat_map(|v| v.members.iter()) {
+                lbs_of
+                    .entry(m.service.clone())
+                    .or_default()
+                    .insert(name.clone());
+            }
+            if new_spec.is_some_and(|v| v.listen.is_some()) {
+                addressable.insert(name.clone());
+            } else {
+                addressable.remove(name);
+            }
+            changed_lbs.push(name.clone());
+        }
+        for svc in &rebuilt_services {
+            for lb in lbs_of.get(svc).into_iter().flatten() {
+                changed_lbs.push(lb.clone());
+            }
+        }
+        changed_lbs.sort();
+        changed_lbs.dedup();
+        for name in &changed_lbs {
+            let Some(spec) = snap.lb_vservers.get(name) else {
+                lbs.remove(name);
+                continue;
+            };
             let members: Vec<(Arc<ServiceRuntime>, u32)> = spec
                 .members
                 .iter()
                 .filter_map(|m| services.get(&m.service).map(|s| (s.clone(), m.weight)))
                 .collect();
-            let balancer = prev
-                .as_ref()
-                .and_then(|p| p.lbs.get(name))
+            let balancer = lbs
+                .get(name)
                 .filter(|l| l.spec.method == spec.method && l.spec.members == spec.members)
                 .map(|l| l.balancer.clone())
                 .unwrap_or_else(|| Arc::new(Balancer::new(spec.method, members.len())));
@@ -244,7 +343,10 @@ impl Reconciler {
             };
             wanted.push(Wanted::user(uv, tls));
         }
-        for (name, lb) in &snap.lb_vservers {
+        for name in addressable.iter() {
+            let Some(lb) = snap.lb_vservers.get(name) else {
+                continue;
+            };
             let Some((ip, port)) = lb.listen else {
                 continue;
             };
@@ -302,11 +404,16 @@ impl Reconciler {
             lbs,
             services,
             extensions,
+            lbs_of,
+            addressable,
+            ca_services,
             down_reasons,
         });
         let mut listeners = HashMap::new();
         for w in wanted {
-            let lb = runtime.lbs[&w.lb].clone();
+            let Some(lb) = runtime.lbs.get(&w.lb).cloned() else {
+                continue;
+            };
             let front = if w.is_lb {
                 lb.shared.clone()
             } else {
@@ -338,14 +445,33 @@ impl Reconciler {
         self.listeners = listeners;
         self.runtime = Some(runtime.clone());
 
-        // Forget runtime records of entities that left the configuration.
-        Stats::retain(&shared.stats.users, |n| snap.user_vservers.contains_key(n));
-        Stats::retain(&shared.stats.lbs, |n| snap.lb_vservers.contains_key(n));
-        Stats::retain(&shared.stats.services, |n| snap.services.contains_key(n));
-        shared
-            .persistence
-            .retain(|vs, svc| is_bound(&snap, vs, svc));
-        refresh_states(&runtime, shared);
+        // Forget runtime records of entities that left the configuration (their counters
+        // restart if they are added again).
+        for d in old.user_vservers.diff(&snap.user_vservers) {
+            if let DiffItem::Remove(name, _) = d {
+                lock(&shared.stats.users).remove(name);
+            }
+        }
+        for d in &lb_diff {
+            if let DiffItem::Remove(name, _) = d {
+                lock(&shared.stats.lbs).remove(*name);
+            }
+        }
+        for name in &changed_services {
+            if !snap.services.contains_key(name) {
+                lock(&shared.stats.services).remove(name);
+            }
+        }
+        if !lb_diff.is_empty() {
+            shared
+                .persistence
+                .retain(|vs, svc| is_bound(&snap, vs, svc));
+        }
+        if prev.is_none() {
+            refresh_states(&runtime, shared);
+        } else {
+            refresh_some_states(&runtime, shared, &changed_services, &changed_lbs);
+        }
         Ok((runtime, warnings))
     }
 
@@ -373,49 +499,98 @@ pub(crate) fn is_bound(snap: &Snapshot, lb: &str, service: &str) -> bool {
 /// Called after each commit and after each health change.
 pub(crate) fn refresh_states(rt: &Runtime, shared: &Shared) {
     let snap = &rt.snap;
-    let mut svc_state: BTreeMap<&str, State> = BTreeMap::new();
     for (name, spec) in &snap.services {
         let rec: Arc<ServiceShared> = Stats::entry(&shared.stats.services, name);
-        let st = if !spec.enabled {
-            State::OutOfService
-        } else if !spec.health_monitor || rec.healthy() {
-            State::Up
-        } else {
-            State::Down
-        };
-        rec.set_state(st);
-        svc_state.insert(name, st);
+        rec.set_state(service_state(spec, &rec));
     }
-    let mut lb_state: BTreeMap<&str, State> = BTreeMap::new();
     for (name, lb) in &snap.lb_vservers {
-        let rec: Arc<VserverShared> = Stats::entry(&shared.stats.lbs, name);
-        let total = lb.members.len() as u32;
-        let active = lb
-            .members
-            .iter()
-            .filter(|m| svc_state.get(m.service.as_str()) == Some(&State::Up))
-            .count() as u32;
-        let health = (active * 100).checked_div(total).unwrap_or(0);
-        rec.set_health(health, active);
-        let (st, reason) = if !lb.enabled {
-            (State::OutOfService, None)
-        } else if let Some(r) = rt.down_reasons.get(&format!("lb:{name}")) {
-            (State::Down, Some(r.clone()))
-        } else if active > 0 {
-            (State::Up, None)
-        } else {
-            (State::Down, None)
-        };
-        rec.set_state(st, reason);
-        lb_state.insert(name, st);
+        refresh_lb(rt, shared, name, lb);
     }
-    for (name, uv) in &snap.user_vservers {
+    refresh_user_vservers(rt, shared);
+}
+
+/// Recomputes the states of the given services, of the given lb vservers and of those binding
+/// the services, then of every user vserver (there are few): what one commit or one health
+/// change can affect, without walking the whole configuration.
+pub(crate) fn refresh_some_states(
+    rt: &Runtime,
+    shared: &Shared,
+    services: &[String],
+    lbs: &[String],
+) {
+    let snap = &rt.snap;
+    for name in services {
+        let Some(spec) = snap.services.get(name) else {
+            continue;
+        };
+        let rec: Arc<ServiceShared> = Stats::entry(&shared.stats.services, name);
+        rec.set_state(service_state(spec, &rec));
+    }
+    let mut lb_names: Vec<&String> = lbs.iter().collect();
+    for svc in services {
+        lb_names.extend(rt.lbs_of.get(svc).into_iter().flatten());
+    }
+    lb_names.sort();
+    lb_names.dedup();
+    for name in lb_names {
+        if let Some(lb) = snap.lb_vservers.get(name) {
+            refresh_lb(rt, shared, name, lb);
+        }
+    }
+    refresh_user_vservers(rt, shared);
+}
+
+fn service_state(spec: &crate::config::snapshot::ServiceSpec, rec: &ServiceShared) -> State {
+    if !spec.enabled {
+        State::OutOfService
+    } else if !spec.health_monitor || rec.healthy() {
+        State::Up
+    } else {
+        State::Down
+    }
+}
+
+/// Health, active services and state of one lb vserver, from its services' recorded states.
+fn refresh_lb(rt: &Runtime, shared: &Shared, name: &str, lb: &LbVserverSpec) -> State {
+    let rec: Arc<VserverShared> = Stats::entry(&shared.stats.lbs, name);
+    let total = lb.members.len() as u32;
+    let services = lock(&shared.stats.services);
+    let active = lb
+        .members
+        .iter()
+        .filter(|m| {
+            services
+                .get(&m.service)
+                .is_some_and(|s| s.state() == State::Up)
+        })
+        .count() as u32;
+    drop(services);
+    let health = (active * 100).checked_div(total).unwrap_or(0);
+    rec.set_health(health, active);
+    let (st, reason) = if !lb.enabled {
+        (State::OutOfService, None)
+    } else if let Some(r) = rt.down_reasons.get(&format!("lb:{name}")) {
+        (State::Down, Some(r.clone()))
+    } else if active > 0 {
+        (State::Up, None)
+    } else {
+        (State::Down, None)
+    };
+    rec.set_state(st, reason);
+    st
+}
+
+fn refresh_user_vservers(rt: &Runtime, shared: &Shared) {
+    for (name, uv) in &rt.snap.user_vservers {
         let rec: Arc<VserverShared> = Stats::entry(&shared.stats.users, name);
+        let lb_up = lock(&shared.stats.lbs)
+            .get(&uv.default_lb)
+            .is_some_and(|l| l.state() == State::Up);
         let (st, reason) = if !uv.enabled {
             (State::OutOfService, None)
         } else if let Some(r) = rt.down_reasons.get(name) {
             (State::Down, Some(r.clone()))
-        } else if lb_state.get(uv.default_lb.as_str()) == Some(&State::Up) {
+        } else if lb_up {
             (State::Up, None)
         } else {
             (State::Down, None)

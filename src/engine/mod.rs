@@ -7,8 +7,11 @@
 
 mod backend;
 pub mod balance;
+mod drain;
 pub mod extension;
 mod listener;
+mod monitor;
+mod probe;
 mod proxy;
 mod stats;
 pub mod status;
@@ -16,7 +19,7 @@ mod supervisor;
 mod tls;
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 
 use tokio::sync::watch;
@@ -90,6 +93,10 @@ struct Inner {
     /// The published runtime, read by `status` and health updates (connections hold their own).
     current: RwLock<Option<Arc<Runtime>>>,
     shared: Arc<Shared>,
+    /// Health monitor tasks (monitor.rs); reconciled by commits, read by `status`.
+    monitors: Mutex<monitor::Monitors>,
+    /// Delayed flushes of gracefully disabled services (drain.rs); changed by commits only.
+    drains: Mutex<drain::Drains>,
     _opts: EngineOptions,
 }
 
@@ -112,6 +119,8 @@ impl Engine {
                     shutdown: watch::channel(false).0,
                     provider: tls::provider(),
                 }),
+                monitors: Mutex::default(),
+                drains: Mutex::default(),
                 _opts: opts,
             }),
         }
@@ -124,13 +133,65 @@ impl Engine {
             return Err(EngineError::Stopped);
         }
         let mut rec = self.inner.reconciler.lock().await;
+        let prev = self.runtime().map(|r| r.snap.clone());
         let (rt, warnings) = rec.commit(snap, &self.inner.shared)?;
         *self
             .inner
             .current
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(rt);
+            .unwrap_or_else(|e| e.into_inner()) = Some(rt.clone());
+        // Still under the commit lock: monitors and drains follow commits in order.
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let notify: monitor::Notify = Arc::new(move |svc: &str| {
+            if let Some(inner) = weak.upgrade() {
+                Engine { inner }.monitor_changed(svc);
+            }
+        });
+        let touched =
+            lock(&self.inner.monitors).reconcile(&rt.snap, &self.inner.shared.provider, &notify);
+        for svc in touched {
+            self.monitor_changed(&svc);
+        }
+        lock(&self.inner.drains).follow(prev.as_deref(), &rt.snap, &self.inner.shared.stats);
         Ok(warnings)
+    }
+
+    fn runtime(&self) -> Option<Arc<Runtime>> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Recombines the verdicts of `service`'s monitors into its health (UP only when all say
+    /// UP; UP when none runs). On a change: states are recomputed, the change is logged, and a
+    /// service going DOWN has its connections closed (NetScaler's Down State Flush, on by
+    /// default) so that clients reconnect through a service that is UP.
+    fn monitor_changed(&self, service: &str) {
+        let (up, last) = lock(&self.inner.monitors)
+            .health(service)
+            .unwrap_or((true, String::new()));
+        let Some(rec) = lock(&self.inner.shared.stats.services)
+            .get(service)
+            .cloned()
+        else {
+            return;
+        };
+        let was = rec.healthy();
+        rec.set_health(up, last.clone());
+        if was == up {
+            return;
+        }
+        if let Some(rt) = self.runtime() {
+            supervisor::refresh_states(&rt, &self.inner.shared);
+        }
+        if up {
+            tracing::info!("service {service} UP: {last}");
+        } else {
+            tracing::info!("service {service} DOWN: {last}");
+            rec.close_connections();
+        }
     }
 
     /// A copy of the runtime tables for show/stat.
@@ -143,9 +204,13 @@ impl Engine {
         for (k, v) in lock(&shared.stats.lbs).iter() {
             st.lb_vservers.insert(k.clone(), v.status());
         }
+        let monitors = lock(&self.inner.monitors);
         for (k, v) in lock(&shared.stats.services).iter() {
-            st.services.insert(k.clone(), v.status());
+            let mut s = v.status();
+            s.monitors = monitors.statuses(k);
+            st.services.insert(k.clone(), s);
         }
+        drop(monitors);
         st.persistent_sessions = shared.persistence.list(Instant::now());
         st
     }
@@ -184,6 +249,8 @@ impl Engine {
     /// Stops listeners and closes connections.
     pub async fn shutdown(&self) {
         self.inner.shared.shutdown.send_replace(true);
+        lock(&self.inner.monitors).clear();
+        lock(&self.inner.drains).clear();
         self.inner.reconciler.lock().await.close_all();
     }
 }

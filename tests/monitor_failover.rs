@@ -254,6 +254,18 @@ async fn refusing_broker_is_down_under_mqtt_and_up_under_tcp() -> TestResult {
         out.contains("Last response: Failure - CONNACK return code 5 (not authorized)."),
         "{out}"
     );
+    // An unrelated commit keeps the monitor's task and counters.
+    let probes = |out: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("Probes: "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = probes(&out);
+    assert!(before >= 1, "{out}");
+    script_ok(&app, "add server other 127.4.2.99\n");
+    assert!(probes(&show_service(&app, "gw_svc")) >= before);
     script_ok(
         &app,
         "unbind service gw_svc -monitorName mq\nbind service gw_svc -monitorName t\n",
@@ -360,6 +372,14 @@ async fn graceful_disable_drains_within_the_delay_and_plain_disable_flushes() ->
     roundtrip(&mut c, b"again").await?;
     script_ok(&app, "disable service s1\n");
     assert!(closed_within(&mut c, Duration::from_millis(500)).await);
+
+    // Disabling the server drains its services the same way.
+    script_ok(&app, "enable service s1\n");
+    let mut c = connect("127.4.4.10:7400").await?;
+    roundtrip(&mut c, b"server").await?;
+    script_ok(&app, "disable server e 1 -graceFul YES\n");
+    roundtrip(&mut c, b"server draining").await?;
+    assert!(closed_within(&mut c, Duration::from_secs(3)).await);
     Ok(())
 }
 

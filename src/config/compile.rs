@@ -138,6 +138,9 @@ impl Snapshot {
         for o in cfg.iter(Kind::Service) {
             let server = o.get("serverName").unwrap_or("").to_string();
             let (t, server_on) = target(&server);
+            let server_drain = (o.enabled() && !server_on)
+                .then(|| cfg.get(Kind::Server, &server).and_then(|sv| sv.drain_delay))
+                .flatten();
             let ca = o
                 .certs
                 .iter()
@@ -161,7 +164,8 @@ impl Snapshot {
                     server_auth: o.ssl.get("serverAuth").map(String::as_str) == Some("ENABLED"),
                     common_name: o.ssl.get("commonName").cloned(),
                     ca_certkeys: ca,
-                    drain_delay_secs: o.drain_delay,
+                    // A service disabled only through its server drains as the server was told.
+                    drain_delay_secs: o.drain_delay.or(server_drain),
                 },
             );
         }

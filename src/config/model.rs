@@ -128,7 +128,7 @@ pub struct Object {
     pub code: Option<String>,
     /// Extension: loaded into the engine (`add ns extension`, or import of a new name).
     pub loaded: bool,
-    /// Service: graceful disable delay in seconds (runtime only, never saved).
+    /// Service or server: graceful disable delay in seconds (runtime only, never saved).
     pub drain_delay: Option<u32>,
 }
 

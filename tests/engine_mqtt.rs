@@ -299,7 +299,10 @@ async fn mqtt_lab_through_plain_and_tls_fronts() -> TestResult {
     }
     e.commit(Arc::new(snap.clone())).await?;
     if let Some(s) = snap.services.get_mut("svc1") {
+        // `disable service svc1 -graceFul YES`: a plain disable flushes established
+        // connections, as NetScaler's Down State Flush does (docs/engine.md).
         s.enabled = false;
+        s.drain_delay_secs = Some(0);
     }
     e.commit(Arc::new(snap.clone())).await?;
     snap.certkeys.insert(

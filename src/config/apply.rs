@@ -166,7 +166,7 @@ impl Config {
             "set server" => self.set_server(cmd),
             "unset server" => self.unset_simple(Kind::Server, cmd, "name"),
             "enable server" => self.set_state(Kind::Server, cmd, "name", true),
-            "disable server" => self.set_state(Kind::Server, cmd, "name", false),
+            "disable server" => self.disable_with_delay(Kind::Server, cmd),
             "rename server" => self.rename_cmd(Kind::Server, cmd, "name"),
             "add service" => self.add_service(cmd),
             "rm service" => self.rm_service(cmd),
@@ -175,7 +175,7 @@ impl Config {
             "bind service" => self.bind_monitor(Kind::Service, cmd, "name"),
             "unbind service" => self.unbind_monitor(Kind::Service, cmd, "name"),
             "enable service" => self.set_state(Kind::Service, cmd, "name", true),
-            "disable service" => self.disable_service(cmd),
+            "disable service" => self.disable_with_delay(Kind::Service, cmd),
             "rename service" => self.rename_cmd(Kind::Service, cmd, "name"),
             "add serviceGroup" => self.add_service_group(cmd),
             "rm serviceGroup" => self.rm_service(cmd),
@@ -758,12 +758,13 @@ impl Config {
         done()
     }
 
-    fn disable_service(&mut self, cmd: &Command) -> Res {
+    /// `disable service|server NAME [DELAY] [-graceFul YES]`: the drain delay is runtime only.
+    fn disable_with_delay(&mut self, kind: Kind, cmd: &Command) -> Res {
         let name = arg(cmd, "name")?;
-        self.need(Kind::Service, "name", name)?;
+        self.need(kind, "name", name)?;
         let graceful = cmd.get("graceFul") == Some("YES");
         let delay = cmd.get("delay").and_then(|d| d.parse::<u32>().ok());
-        if let Some(o) = self.get_mut(Kind::Service, name) {
+        if let Some(o) = self.get_mut(kind, name) {
             o.params.insert("state".into(), "DISABLED".into());
             o.drain_delay = if graceful || delay.is_some() {
                 Some(delay.unwrap_or(0))

@@ -290,6 +290,10 @@ fn binds(o: &Object) -> Vec<MonitorBinding> {
 fn service(cfg: &Config, o: &Object) -> ServiceSpec {
     let server = o.get("serverName").unwrap_or("").to_string();
     let (t, server_on) = target(cfg, &server);
+    // A service disabled only through its server drains as the server was told.
+    let server_drain = (o.enabled() && !server_on)
+        .then(|| cfg.get(Kind::Server, &server).and_then(|sv| sv.drain_delay))
+        .flatten();
     ServiceSpec {
         name: o.name.clone(),
         server,
@@ -310,7 +314,7 @@ fn service(cfg: &Config, o: &Object) -> ServiceSpec {
             .filter(|c| c.ca)
             .map(|c| c.certkey.clone())
             .collect(),
-        drain_delay_secs: o.drain_delay,
+        drain_delay_secs: o.drain_delay.or(server_drain),
     }
 }
 

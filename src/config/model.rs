@@ -131,7 +131,7 @@ pub struct Object {
     /// Extension: the source the engine runs, fixed by `add ns extension`, `update ns extension`
     /// or the import of a new name. `import -overwrite` changes only `code` until `update`.
     pub loaded_code: Option<String>,
-    /// Service: graceful disable delay in seconds (runtime only, never saved).
+    /// Service or server: graceful disable delay in seconds (runtime only, never saved).
     pub drain_delay: Option<u32>,
 }
 

@@ -7,9 +7,12 @@
 
 mod backend;
 pub mod balance;
+mod drain;
 pub mod extension;
 mod listener;
+mod monitor;
 pub mod persist;
+mod probe;
 mod proxy;
 mod stats;
 pub mod status;
@@ -17,7 +20,7 @@ mod supervisor;
 mod tls;
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
@@ -95,6 +98,10 @@ struct Inner {
     shared: Arc<Shared>,
     /// The persistence file; written by the periodic task started in `new` and by `shutdown`.
     store: Arc<persist::Store>,
+    /// Health monitor tasks (monitor.rs); reconciled by commits, read by `status`.
+    monitors: Mutex<monitor::Monitors>,
+    /// Delayed flushes of gracefully disabled services (drain.rs); changed by commits only.
+    drains: Mutex<drain::Drains>,
 }
 
 impl Engine {
@@ -122,6 +129,8 @@ impl Engine {
                 current: RwLock::new(None),
                 shared,
                 store,
+                monitors: Mutex::default(),
+                drains: Mutex::default(),
             }),
         }
     }
@@ -133,6 +142,7 @@ impl Engine {
             return Err(EngineError::Stopped);
         }
         let mut rec = self.inner.reconciler.lock().await;
+        let prev = self.runtime().map(|r| r.snap.clone());
         let (rt, warnings) = rec.commit(snap.clone(), &self.inner.shared)?;
         if let Some(saved) = self.inner.store.take_pending() {
             // The first configuration is known: bring back the sessions of the previous run
@@ -149,8 +159,59 @@ impl Engine {
             .inner
             .current
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(rt);
+            .unwrap_or_else(|e| e.into_inner()) = Some(rt.clone());
+        // Still under the commit lock: monitors and drains follow commits in order.
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let notify: monitor::Notify = Arc::new(move |svc: &str| {
+            if let Some(inner) = weak.upgrade() {
+                Engine { inner }.monitor_changed(svc);
+            }
+        });
+        let touched =
+            lock(&self.inner.monitors).reconcile(&rt.snap, &self.inner.shared.provider, &notify);
+        for svc in touched {
+            self.monitor_changed(&svc);
+        }
+        lock(&self.inner.drains).follow(prev.as_deref(), &rt.snap, &self.inner.shared.stats);
         Ok(warnings)
+    }
+
+    fn runtime(&self) -> Option<Arc<Runtime>> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Recombines the verdicts of `service`'s monitors into its health (UP only when all say
+    /// UP; UP when none runs). On a change: states are recomputed, the change is logged, and a
+    /// service going DOWN has its connections closed (NetScaler's Down State Flush, on by
+    /// default) so that clients reconnect through a service that is UP.
+    fn monitor_changed(&self, service: &str) {
+        let (up, last) = lock(&self.inner.monitors)
+            .health(service)
+            .unwrap_or((true, String::new()));
+        let Some(rec) = lock(&self.inner.shared.stats.services)
+            .get(service)
+            .cloned()
+        else {
+            return;
+        };
+        let was = rec.healthy();
+        rec.set_health(up, last.clone());
+        if was == up {
+            return;
+        }
+        if let Some(rt) = self.runtime() {
+            supervisor::refresh_some_states(&rt, &self.inner.shared, &[service.to_string()], &[]);
+        }
+        if up {
+            tracing::info!("service {service} UP: {last}");
+        } else {
+            tracing::info!("service {service} DOWN: {last}");
+            rec.close_connections();
+        }
     }
 
     /// A copy of the runtime tables for show/stat.
@@ -163,9 +224,13 @@ impl Engine {
         for (k, v) in lock(&shared.stats.lbs).iter() {
             st.lb_vservers.insert(k.clone(), v.status());
         }
+        let monitors = lock(&self.inner.monitors);
         for (k, v) in lock(&shared.stats.services).iter() {
-            st.services.insert(k.clone(), v.status());
+            let mut s = v.status();
+            s.monitors = monitors.statuses(k);
+            st.services.insert(k.clone(), s);
         }
+        drop(monitors);
         st.persistent_sessions = shared.persistence.list(Instant::now());
         st
     }
@@ -204,6 +269,8 @@ impl Engine {
     /// Stops listeners, closes connections and saves the persistence sessions.
     pub async fn shutdown(&self) {
         self.inner.shared.shutdown.send_replace(true);
+        lock(&self.inner.monitors).clear();
+        lock(&self.inner.drains).clear();
         self.inner.reconciler.lock().await.close_all();
         // Sessions read at start but never restored (no commit happened) are kept as they were.
         if self.inner.store.enabled() && self.inner.store.take_pending().is_none() {

@@ -137,6 +137,10 @@ pub(crate) async fn serve(
 
 impl Conn {
     async fn run(&self, tcp: TcpStream) -> Result<(), ProxyError> {
+        // Nothing can serve (the vserver is DOWN): close at once, before any TLS handshake.
+        if !self.route.lb.members.iter().any(|(s, _)| usable(s)) {
+            return Err(self.reject());
+        }
         tune_socket(&tcp);
         let mut client = match &self.route.tls {
             None => ClientStream::Plain(tcp),
@@ -207,10 +211,7 @@ impl Conn {
                     .counters
                     .cur_server_conns
                     .load(std::sync::atomic::Ordering::Relaxed);
-                let usable = Some(i) != exclude
-                    && s.enabled
-                    && (!s.health_monitor || svc.shared.healthy())
-                    && (s.max_client == 0 || conns < u64::from(s.max_client));
+                let usable = Some(i) != exclude && usable(svc);
                 usable.then_some(Candidate {
                     name: &s.name,
                     weight: *weight,
@@ -556,6 +557,19 @@ struct ExtState {
     client_eof: bool,
     server_eof: bool,
     closed: bool,
+}
+
+/// A service new connections may go to: enabled, not DOWN, below its `-maxClient`.
+fn usable(svc: &ServiceRuntime) -> bool {
+    let s = &svc.spec;
+    let conns = svc
+        .shared
+        .counters
+        .cur_server_conns
+        .load(std::sync::atomic::Ordering::Relaxed);
+    s.enabled
+        && (!s.health_monitor || svc.shared.healthy())
+        && (s.max_client == 0 || conns < u64::from(s.max_client))
 }
 
 async fn read_opt(s: Option<&mut BackendStream>, buf: &mut [u8]) -> io::Result<usize> {

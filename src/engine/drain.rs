@@ -31,11 +31,17 @@ impl Drains {
             }
             keep
         });
-        for (name, svc) in &snap.services {
-            let was_enabled = prev
-                .and_then(|p| p.services.get(name))
-                .is_some_and(|s| s.enabled);
-            if svc.enabled || !was_enabled {
+        // Only services that changed can have gone from enabled to disabled: walk the diff.
+        let Some(prev) = prev else { return };
+        for d in prev.services.diff(&snap.services) {
+            let imbl::ordmap::DiffItem::Update {
+                old: (_, was),
+                new: (name, svc),
+            } = d
+            else {
+                continue;
+            };
+            if svc.enabled || !was.enabled {
                 continue;
             }
             let Some(rec) = lock(&stats.services).get(name).cloned() else {

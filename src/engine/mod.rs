@@ -167,8 +167,12 @@ impl Engine {
                 Engine { inner }.monitor_changed(svc);
             }
         });
-        let touched =
-            lock(&self.inner.monitors).reconcile(&rt.snap, &self.inner.shared.provider, &notify);
+        let touched = lock(&self.inner.monitors).reconcile(
+            prev.as_deref(),
+            &rt.snap,
+            &self.inner.shared.provider,
+            &notify,
+        );
         for svc in touched {
             self.monitor_changed(&svc);
         }

@@ -27,6 +27,7 @@
 //! decides at once (UP or DOWN), so a dead backend added to a running pool is not given traffic
 //! for `interval x retries`; until that first answer the service counts as UP.
 
+use imbl::ordmap::DiffItem;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -196,43 +197,69 @@ pub(crate) async fn run<P: Probe + ?Sized>(
 // === impl Monitors ===
 
 impl Monitors {
-    /// Starts, restarts and stops tasks so that they match `snap`. Returns the services whose set
-    /// of monitors changed (their health must be recombined).
+    /// Starts, restarts and stops tasks so that they match `snap`, given the snapshot `prev`
+    /// they matched before. Only the services in the snapshot diff are looked at (a change of
+    /// the monitors themselves, which is rare, looks at every service). Returns the services
+    /// whose set of monitors changed (their health must be recombined).
     pub fn reconcile(
         &mut self,
+        prev: Option<&Snapshot>,
         snap: &Snapshot,
         provider: &Arc<CryptoProvider>,
         notify: &Notify,
     ) -> BTreeSet<String> {
-        let wanted = wanted(snap);
+        let services: Vec<String> = match prev {
+            Some(p) if p.monitors == snap.monitors => p
+                .services
+                .diff(&snap.services)
+                .map(|d| match d {
+                    DiffItem::Add(k, _) | DiffItem::Remove(k, _) => k.clone(),
+                    DiffItem::Update { new: (k, _), .. } => k.clone(),
+                })
+                .collect(),
+            _ => {
+                let mut all: BTreeSet<String> = snap.services.keys().cloned().collect();
+                all.extend(self.tasks.keys().map(|(svc, _)| svc.clone()));
+                all.into_iter().collect()
+            }
+        };
         let mut touched = BTreeSet::new();
-        let mut next = BTreeMap::new();
-        for (key, spec) in wanted {
-            let old = self.tasks.remove(&key);
-            let task = match old {
-                Some(t) if t.spec == spec => t,
-                old => {
-                    let state = match old {
+        for name in services {
+            let old_keys: Vec<(String, String)> = self
+                .tasks
+                .range((name.clone(), String::new())..)
+                .take_while(|((svc, _), _)| *svc == name)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut old: BTreeMap<(String, String), Task> = old_keys
+                .into_iter()
+                .filter_map(|k| self.tasks.remove_entry(&k))
+                .collect();
+            let wanted = snap
+                .services
+                .get(&name)
+                .map(|svc| wanted_for(snap, &name, svc))
+                .unwrap_or_default();
+            for (key, spec) in wanted {
+                let task = match old.remove(&key) {
+                    Some(t) if t.spec == spec => t,
+                    Some(t) => {
                         // Changed options: restart, keep counters and verdict.
-                        Some(t) => {
-                            t.handle.abort();
-                            t.state
-                        }
-                        None => {
-                            touched.insert(key.0.clone());
-                            Arc::default()
-                        }
-                    };
-                    spawn(&key, spec, state, snap, provider, notify)
-                }
-            };
-            next.insert(key, task);
+                        t.handle.abort();
+                        spawn(&key, spec, t.state, snap, provider, notify)
+                    }
+                    None => {
+                        touched.insert(key.0.clone());
+                        spawn(&key, spec, Arc::default(), snap, provider, notify)
+                    }
+                };
+                self.tasks.insert(key, task);
+            }
+            for ((svc, _), t) in old {
+                t.handle.abort();
+                touched.insert(svc);
+            }
         }
-        for ((svc, _), t) in std::mem::take(&mut self.tasks) {
-            t.handle.abort();
-            touched.insert(svc);
-        }
-        self.tasks = next;
         touched
     }
 
@@ -328,11 +355,12 @@ fn probe_tls(svc: &ServiceSpec, provider: &Arc<CryptoProvider>) -> Option<Arc<Cl
 }
 
 /// The (service, monitor) bindings `snap` wants running, with what each runs (module doc).
-fn wanted(snap: &Snapshot) -> Vec<((String, String), TaskSpec)> {
+/// The monitor tasks one service wants: its bound (or default) monitors.
+fn wanted_for(snap: &Snapshot, name: &str, svc: &ServiceSpec) -> Vec<((String, String), TaskSpec)> {
     let mut out = Vec::new();
-    for (name, svc) in &snap.services {
+    {
         if !svc.enabled || !svc.health_monitor || !ServiceRuntime::proxied(svc) {
-            continue;
+            return out;
         }
         let default = svc.monitors.is_empty();
         let names: Vec<&str> = if default {
@@ -370,7 +398,7 @@ fn wanted(snap: &Snapshot) -> Vec<((String, String), TaskSpec)> {
                 tls: ms.secure || (default && svc.service_type.is_tls()),
             };
             out.push((
-                (name.clone(), m.to_string()),
+                (name.to_string(), m.to_string()),
                 TaskSpec {
                     probe,
                     timing: Timing::of(ms),

@@ -20,6 +20,17 @@ fn build(lines: &[String]) -> Config {
             }
         }
     }
+    // The binding index (used by `rm service`) agrees with the bindings themselves.
+    for v in cfg.iter(nsemu::config::Kind::LbVserver) {
+        for m in &v.members {
+            assert!(
+                cfg.lb_vservers_binding(&m.service).contains(&v.name),
+                "{} {}",
+                v.name,
+                m.service
+            );
+        }
+    }
     cfg
 }
 

@@ -319,19 +319,7 @@ impl Config {
                     },
                 );
             }
-            Kind::Service | Kind::ServiceGroup => {
-                self.modify_where(
-                    Kind::LbVserver,
-                    |v| v.members.iter().any(|m| m.service == old),
-                    |v| {
-                        for m in &mut v.members {
-                            if m.service == old {
-                                m.service = new.clone();
-                            }
-                        }
-                    },
-                );
-            }
+            Kind::Service | Kind::ServiceGroup => self.rename_member(&old, &new),
             Kind::LbVserver => {
                 self.modify_where(
                     Kind::UserVserver,
@@ -733,11 +721,9 @@ impl Config {
     }
 
     fn drop_service(&mut self, name: &str) {
-        self.modify_where(
-            Kind::LbVserver,
-            |v| v.members.iter().any(|m| m.service == name),
-            |v| v.members.retain(|m| m.service != name),
-        );
+        for lb in self.lb_vservers_binding(name) {
+            self.unbind_member(&lb, name);
+        }
         if self.remove(Kind::Service, name).is_none() {
             self.remove(Kind::ServiceGroup, name);
         }
@@ -1076,13 +1062,8 @@ impl Config {
             return Err(ConfigError::exists("serviceName", svc));
         }
         let weight = cmd.get("weight").and_then(|w| w.parse().ok()).unwrap_or(1);
-        let svc = svc.to_string();
-        if let Some(v) = self.get_mut(Kind::LbVserver, name) {
-            v.members.push(LbMember {
-                service: svc,
-                weight,
-            });
-        }
+        let service = svc.to_string();
+        self.bind_member(name, LbMember { service, weight });
         done()
     }
 
@@ -1097,9 +1078,7 @@ impl Config {
                 Some(format!("serviceName, {svc}")),
             ));
         }
-        if let Some(v) = self.get_mut(Kind::LbVserver, name) {
-            v.members.retain(|m| m.service != svc);
-        }
+        self.unbind_member(name, svc);
         done()
     }
 

@@ -223,11 +223,11 @@ fn dependents(cfg: &Config, kind: Kind, name: &str, out: &mut Vec<(Kind, String)
         }
         // Group members are expanded into the lb vservers that bind the group.
         Kind::ServiceGroup => {
-            for v in cfg.iter(Kind::LbVserver) {
-                if v.members.iter().any(|m| m.service == name) {
-                    out.push((Kind::LbVserver, v.name.clone()));
-                }
-            }
+            out.extend(
+                cfg.lb_vservers_binding(name)
+                    .into_iter()
+                    .map(|v| (Kind::LbVserver, v)),
+            );
         }
         // A user vserver takes its certkey fallback, TLS versions and timeout from its default
         // lb vserver, and its transport and extension from its protocol.

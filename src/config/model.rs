@@ -155,6 +155,10 @@ pub struct Config {
     /// Services by server name: NetScaler's rules about a server's services (duplicates, `rm
     /// server`) must not scan every service, or a 100,000-object config replays in quadratic time.
     by_server: imbl::OrdMap<String, imbl::OrdSet<String>>,
+    /// Lb vservers by the service or service group they bind, for the same reason (`rm
+    /// service` unbinds it everywhere). Members change only through `bind_member`,
+    /// `unbind_member` and `rename_member`, which keep it current.
+    lbs_of: imbl::OrdMap<String, imbl::OrdSet<String>>,
 }
 
 // === impl Config ===
@@ -182,6 +186,13 @@ impl Config {
 
     pub fn remove(&mut self, kind: Kind, name: &str) -> Option<Object> {
         let o = self.objects.remove(&(kind, kind.fold(name)))?;
+        if kind == Kind::LbVserver {
+            for m in &o.members {
+                if let Some(set) = self.lbs_of.get_mut(&m.service) {
+                    set.remove(&o.name);
+                }
+            }
+        }
         if kind == Kind::Service {
             if let Some(set) = o.get("serverName").and_then(|s| self.by_server.get_mut(s)) {
                 set.remove(&o.name);
@@ -191,6 +202,14 @@ impl Config {
     }
 
     fn index(&mut self, kind: Kind, o: &Object) {
+        if kind == Kind::LbVserver {
+            for m in &o.members {
+                self.lbs_of
+                    .entry(m.service.clone())
+                    .or_default()
+                    .insert(o.name.clone());
+            }
+        }
         if kind == Kind::Service {
             if let Some(server) = o.get("serverName") {
                 self.by_server
@@ -199,6 +218,52 @@ impl Config {
                     .insert(o.name.clone());
             }
         }
+    }
+
+    /// Names of the lb vservers that bind a service or service group.
+    pub fn lb_vservers_binding(&self, service: &str) -> Vec<String> {
+        self.lbs_of
+            .get(service)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Binds a member to an lb vserver (which must exist).
+    pub fn bind_member(&mut self, lb: &str, member: LbMember) {
+        if let Some(v) = self.objects.get_mut(&(Kind::LbVserver, lb.to_string())) {
+            self.lbs_of
+                .entry(member.service.clone())
+                .or_default()
+                .insert(lb.to_string());
+            v.members.push(member);
+        }
+    }
+
+    /// Unbinds a member from an lb vserver.
+    pub fn unbind_member(&mut self, lb: &str, service: &str) {
+        if let Some(v) = self.objects.get_mut(&(Kind::LbVserver, lb.to_string())) {
+            v.members.retain(|m| m.service != service);
+            if let Some(set) = self.lbs_of.get_mut(service) {
+                set.remove(lb);
+            }
+        }
+    }
+
+    /// A bound service or group was renamed: its bindings follow it.
+    pub fn rename_member(&mut self, old: &str, new: &str) {
+        let Some(lbs) = self.lbs_of.remove(old) else {
+            return;
+        };
+        for lb in lbs.iter() {
+            if let Some(v) = self.objects.get_mut(&(Kind::LbVserver, lb.clone())) {
+                for m in &mut v.members {
+                    if m.service == old {
+                        m.service = new.to_string();
+                    }
+                }
+            }
+        }
+        self.lbs_of.insert(new.to_string(), lbs);
     }
 
     /// Names of the services of a server.

@@ -98,6 +98,8 @@ struct Inner {
     shared: Arc<Shared>,
     /// The persistence file; written by the periodic task started in `new` and by `shutdown`.
     store: Arc<persist::Store>,
+    /// See `defer_session_restore`.
+    restore_deferred: std::sync::atomic::AtomicBool,
     /// Health monitor tasks (monitor.rs); reconciled by commits, read by `status`.
     monitors: Mutex<monitor::Monitors>,
     /// Delayed flushes of gracefully disabled services (drain.rs); changed by commits only.
@@ -129,6 +131,7 @@ impl Engine {
                 current: RwLock::new(None),
                 shared,
                 store,
+                restore_deferred: Default::default(),
                 monitors: Mutex::default(),
                 drains: Mutex::default(),
             }),
@@ -144,16 +147,12 @@ impl Engine {
         let mut rec = self.inner.reconciler.lock().await;
         let prev = self.runtime().map(|r| r.snap.clone());
         let (rt, warnings) = rec.commit(snap.clone(), &self.inner.shared)?;
-        if let Some(saved) = self.inner.store.take_pending() {
-            // The first configuration is known: bring back the sessions of the previous run
-            // that still fit it.
-            let n = self.inner.shared.persistence.restore(
-                saved,
-                Instant::now(),
-                SystemTime::now(),
-                |vs, svc| supervisor::is_bound(&snap, vs, svc),
-            );
-            tracing::info!(sessions = n, "restored persistence sessions");
+        if !self
+            .inner
+            .restore_deferred
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.restore_sessions(&snap);
         }
         *self
             .inner
@@ -178,6 +177,36 @@ impl Engine {
         }
         lock(&self.inner.drains).follow(prev.as_deref(), &rt.snap, &self.inner.shared.stats);
         Ok(warnings)
+    }
+
+    /// Brings back the sessions of the previous run that still fit `snap` (once: the first
+    /// time the configuration is known).
+    fn restore_sessions(&self, snap: &Snapshot) {
+        if let Some(saved) = self.inner.store.take_pending() {
+            let n = self.inner.shared.persistence.restore(
+                saved,
+                Instant::now(),
+                SystemTime::now(),
+                |vs, svc| supervisor::is_bound(snap, vs, svc),
+            );
+            tracing::info!(sessions = n, "restored persistence sessions");
+        }
+    }
+
+    /// While `true`, commits do not restore the saved persistence sessions: a boot that loads
+    /// its file line by line (one commit each) defers them until the whole file is in, then
+    /// calls `restore_deferred_sessions`.
+    pub fn defer_session_restore(&self, defer: bool) {
+        self.inner
+            .restore_deferred
+            .store(defer, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Restores the saved sessions against the running configuration, if not done yet.
+    pub fn restore_deferred_sessions(&self) {
+        if let Some(rt) = self.runtime() {
+            self.restore_sessions(&rt.snap);
+        }
     }
 
     fn runtime(&self) -> Option<Arc<Runtime>> {

@@ -199,7 +199,11 @@ impl Appliance {
                     "{}: the engine refused the configuration as a whole ({e}); loading it line by line",
                     self.paths.config.display()
                 ));
+                // Saved persistence sessions wait until the whole file is in.
+                self.engine.defer_session_restore(true);
                 self.replay_line_by_line(&mut st, &text, &mut msgs).await;
+                self.engine.defer_session_restore(false);
+                self.engine.restore_deferred_sessions();
             }
         }
         st.changed = false;

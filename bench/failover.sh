@@ -6,7 +6,8 @@
 #   nsemu-default   nsemu, no monitor bound (tcp-default: TLS handshake, interval 5 s, retries 3,
 #                   resptimeout 2 s)
 #   nsemu-interval1 nsemu, a TCP monitor -secure YES -interval 1 -resptimeout 500 MSEC (retries 3)
-#   haproxy         HAProxy, `ssl verify none check inter 1s fall 3 rise 2` (checks over TLS)
+#   haproxy         HAProxy, `ssl verify none check inter 1s fall 3 rise 2` (checks over TLS),
+#                   `retries 2` and `option redispatch 1` (a failed connect goes to the other server)
 # Targets are interleaved, REPS rounds. Uses 127.4.9.x only.
 #
 #   bench/failover.sh                     # NSEMU=path/to/nsemu REPS=3 CLIENTS=20
@@ -95,6 +96,9 @@ frontend fe
   default_backend be
 backend be
   balance roundrobin
+  # As an expert would: retry a failed connect on another server at once.
+  retries 2
+  option redispatch 1
   server gw1 $NET.11:8883 ssl verify none check inter 1s fall 3 rise 2
   server gw2 $NET.12:8883 ssl verify none check inter 1s fall 3 rise 2
 CFG

@@ -73,24 +73,40 @@ echo "== nsemu up: 127.0.0.10:1883 (MQTT) and 127.0.0.10:8883 (MQTT over TLS)"
 cli() { "$bin" cli --socket "$run/nsconfig/nsemu.sock" "$@"; }
 cli -c "show lb vserver lb_vserver_azureiot"
 
-echo "== demo: subscribe through 8883 (TLS, trusting the lab CA), publish through 1883 (plain)"
-# Same ClientID on both: mqtt.lua hands it to the balancer, so both land on the same gateway when
-# USER_TOKEN balancing is on; with ROUNDROBIN they may not, so subscribe on both gateways too.
-sub_out="$run/sub.txt"
-mosquitto_sub -h 127.0.0.10 -p 8883 --cafile "$run/lab-ca.crt" -V mqttv311 -i LabSubscriber \
-  -t 'devices/MosquittoDevice/messages/events/#' -C 1 -W 10 -v > "$sub_out" & subpid=$!
+echo "== demo: one device, ClientID MosquittoDevice, through both ports"
+# mqtt.lua hands each device's ClientID to the balancer (-lbMethod USER_TOKEN), so a device keeps
+# its gateway whichever port it uses: its telemetry and its cloud-to-device subscription meet on
+# the same broker (the gateways are not bridged).
+wait_line() { # file pattern: wait until a subscriber has its SUBACK
+  for _ in $(seq 1 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "no '$2' in $1" >&2; return 1
+}
 for n in 1 2; do
-  mosquitto_sub -h "127.0.0.1$n" -p 8883 --insecure --cafile "$run/brokers/edge$n.crt" \
-    -t 'devices/MosquittoDevice/messages/events/#' -C 1 -W 10 -v > "$run/edge$n.txt" & pids+=($!)
+  stdbuf -oL mosquitto_sub -d -h "127.0.0.1$n" -p 8883 --insecure --cafile "$run/brokers/edge$n.crt" -i "watch$n" \
+    -t 'devices/MosquittoDevice/messages/events/#' -C 2 -W 15 -v > "$run/edge$n.txt" & pids+=($!)
+  wait_line "$run/edge$n.txt" SUBACK
 done
-sleep 1
+echo "-- telemetry through 1883 (plain MQTT -> TLS to the gateway), then through 8883 (TLS -> TLS)"
 mosquitto_pub -d -h 127.0.0.10 -p 1883 -V mqttv311 -i MosquittoDevice \
   -t "devices/MosquittoDevice/messages/events/readpipe/" -m "Hello World!"
 mosquitto_pub -d -h 127.0.0.10 -p 8883 --cafile "$run/lab-ca.crt" -V mqttv311 -i MosquittoDevice \
   -t "devices/MosquittoDevice/messages/events/readpipe/" -m "Hello over TLS!"
+gw=""
+for _ in $(seq 1 100); do
+  for n in 1 2; do [ "$(grep -c '^devices/' "$run/edge$n.txt" 2>/dev/null)" = 2 ] && gw=$n; done
+  [ -n "$gw" ] && break; sleep 0.1
+done
+for n in 1 2; do echo "-- seen on gateway edge$n: $(grep '^devices/' "$run/edge$n.txt" | tr '\n' ' ')"; done
+[ -n "$gw" ] || { echo "the two messages did not meet on one gateway" >&2; exit 1; }
+echo "-- both on edge$gw: the device kept its gateway"
+echo "-- cloud-to-device: the device subscribes through 8883; the cloud publishes on edge$gw"
+stdbuf -oL mosquitto_sub -d -h 127.0.0.10 -p 8883 --cafile "$run/lab-ca.crt" -V mqttv311 -i MosquittoDevice \
+  -t 'devices/MosquittoDevice/messages/devicebound/#' -C 1 -W 15 -v > "$run/device.txt" & subpid=$!
+wait_line "$run/device.txt" SUBACK
+mosquitto_pub -h "127.0.0.1$gw" -p 8883 --insecure --cafile "$run/brokers/edge$gw.crt" -i cloud \
+  -t 'devices/MosquittoDevice/messages/devicebound/cmd' -m "reboot, please"
 wait "$subpid" 2>/dev/null || true
-echo "-- received through the appliance (8883): $(cat "$sub_out")"
-for n in 1 2; do echo "-- seen on gateway edge$n: $(cat "$run/edge$n.txt" 2>/dev/null)"; done
+echo "-- the device received: $(grep '^devices/' "$run/device.txt")"
 cli -c "stat user vserver"
 
 cat <<TRY

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # nsemu against HAProxy and NGINX (and a direct broker connection), in one run, on loopback only.
 #
-#   bench/run.sh [--quick] [--reps N] [--hold N]
+#   bench/run.sh [--quick] [--reps N] [--hold N] [--nginx-default-backend-tls]
 #
 # Two mosquitto brokers (TLS on 127.9.0.11:8883 and 127.9.0.12:8883, self-signed RSA-2048) sit
 # behind three proxies, each with a plain MQTT front on 1883 and a TLS front on 8883 (RSA-2048
@@ -11,7 +11,8 @@
 # Figures (examples/mqtt_load.rs does the client side; see benchmarking.md for the method):
 #   tput0/tput1  publish throughput, QoS 0 64 B / QoS 1 1 KiB, and the proxy's CPU per message
 #   lat          publish-to-receive latency p50/p99, QoS 0 at 1,000 msg/s
-#   conn         new connections/s, concurrency 32, full TLS 1.3 handshake on the TLS fronts
+#   conn         new connections/s, concurrency 32, full TLS 1.3 handshake on the TLS fronts, and
+#                the proxy's CPU per connection
 #   hold         RSS/PSS per held idle MQTT connection (fresh proxy process, N connections)
 # Repetitions are interleaved (rep 1 of every target, then rep 2, ...); the summary gives medians.
 # Needs: mosquitto, haproxy, nginx with the stream module, openssl, python3 (apt-get install -y
@@ -21,20 +22,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-quick=0 reps=3 hold_n=9500
+quick=0 reps=5 hold_n=9500
+nginx_backend_tls="proxy_ssl_protocols TLSv1.2 TLSv1.3;"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; reps=1; hold_n=2000 ;;
     --reps) reps=$2; shift ;;
     --hold) hold_n=$2; shift ;;
-    *) echo "usage: $0 [--quick] [--reps N] [--hold N]" >&2; exit 2 ;;
+    --nginx-default-backend-tls) nginx_backend_tls="" ;;
+    *) echo "usage: $0 [--quick] [--reps N] [--hold N] [--nginx-default-backend-tls]" >&2; exit 2 ;;
   esac
   shift
 done
 if [ $quick = 1 ]; then
   q0_count=30000 q1_count=10000 lat_secs=3 conn_secs=3
 else
-  q0_count=200000 q1_count=50000 lat_secs=8 conn_secs=6
+  q0_count=200000 q1_count=50000 lat_secs=6 conn_secs=5
 fi
 
 for c in mosquitto haproxy nginx openssl python3; do
@@ -174,6 +177,11 @@ events { worker_connections 19900; }
 stream {
     upstream edges { server $B1:8883; server $B2:8883; }
     proxy_ssl on;
+    # NGINX 1.22's default here is TLSv1 TLSv1.1 TLSv1.2: it would resume backend sessions with
+    # TLS 1.2 tickets (no key exchange) while nsemu and HAProxy negotiate TLS 1.3 with the brokers
+    # (resumption with X25519). Same protocol for all three; --nginx-default-backend-tls keeps the
+    # Debian default for comparison.
+    $nginx_backend_tls
     proxy_ssl_session_reuse on;
     proxy_connect_timeout 5s;
     proxy_timeout 360s;
@@ -293,6 +301,7 @@ rows = [
     ("latency p50, QoS 0 at 1,000 msg/s (us)", "lat", "p50_us", "{:.0f}"),
     ("latency p99, QoS 0 at 1,000 msg/s (us)", "lat", "p99_us", "{:.0f}"),
     ("new connections/s, concurrency 32", "conn", "rate", "{:,.0f}"),
+    ("proxy CPU per new connection (us)", "conn", "cpu_us_per_conn", "{:.0f}"),
     ("RSS per held idle connection (KB)", "hold", "rss_kb_per_conn", "{:.1f}"),
     ("PSS per held idle connection (KB)", "hold", "pss_kb_per_conn", "{:.1f}"),
 ]
@@ -312,13 +321,13 @@ for front in ("plain", "tls"):
         hv = med(fig, h, key)
         gv = med(fig, g, key)
         lines.append("| {} | {} | {} | {} | {} | {} | {} |".format(
-            name, cell(fig, "direct", key, fmt) if fig != "hold" and key != "cpu_us_per_msg" else "-",
+            name, cell(fig, "direct", key, fmt) if fig != "hold" and not key.startswith("cpu_") else "-",
             cell(fig, n, key, fmt), cell(fig, h, key, fmt), cell(fig, g, key, fmt),
             ratio(fig, n, key), "-" if not hv or not gv else "{:.2f}".format(gv / hv)))
 lines.append("\n### nsemu plain front: mqtt.lua extension (1883) vs no extension callbacks (2883)\n")
 lines.append("| figure | with mqtt.lua | without | with / without |")
 lines.append("|---|---|---|---|")
-for name, fig, key, fmt in [rows[6], rows[7]]:
+for name, fig, key, fmt in [rows[6], rows[7], rows[8]]:
     a, b = med(fig, "nsemu-plain", key), med(fig, "nsemu-noext", key)
     lines.append("| {} | {} | {} | {} |".format(name, cell(fig, "nsemu-plain", key, fmt),
         cell(fig, "nsemu-noext", key, fmt), "-" if not a or not b else "{:.2f}".format(a / b)))

@@ -583,6 +583,8 @@ async fn connect(a: &Args, tls: &Option<Arc<ClientConfig>>) -> Result<(), BoxErr
     let secs = a.num("--secs", 5);
     let ok = Arc::new(AtomicU64::new(0));
     let err = Arc::new(AtomicU64::new(0));
+    let pids = a.pids();
+    let cpu0 = cpu_ticks(&pids);
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(secs);
     let mut tasks = Vec::new();
@@ -603,11 +605,13 @@ async fn connect(a: &Args, tls: &Option<Arc<ClientConfig>>) -> Result<(), BoxErr
         let _ = t.await;
     }
     let el = t0.elapsed().as_secs_f64();
+    let cpu = cpu_ticks(&pids).saturating_sub(cpu0);
     let ok = ok.load(Ordering::Relaxed);
     println!(
-        "{{\"mode\":\"connect\",\"ok\":{ok},\"errors\":{},\"secs\":{el:.3},\"rate\":{:.0}}}",
+        "{{\"mode\":\"connect\",\"ok\":{ok},\"errors\":{},\"secs\":{el:.3},\"rate\":{:.0},\"cpu_ticks\":{cpu},\"cpu_us_per_conn\":{:.1}}}",
         err.load(Ordering::Relaxed),
-        ok as f64 / el
+        ok as f64 / el,
+        cpu as f64 * 1e4 / ok.max(1) as f64
     );
     Ok(())
 }

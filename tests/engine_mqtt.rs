@@ -2,50 +2,18 @@
 //! two TLS brokers, nsemu in front on 1883 (plain -> TLS) and 8883 (TLS -> TLS) with a cert
 //! signed by a lab CA. Fails when mosquitto is not installed. Addresses: 127.3.50.x.
 
+mod common;
 mod engine_support;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpStream as StdTcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 
+use common::{have_mosquitto, mosquitto_broker, mosquitto_sub, wait_until, Proc, Sub};
 use engine_support::*;
 use nsemu::config::snapshot::*;
 use nsemu::engine::{Engine, EngineOptions};
-
-/// A child process killed (by its PID, through the handle) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Lines a subscriber printed, collected by a reader thread.
-struct Sub {
-    _proc: Proc,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Sub {
-    fn messages(&self) -> Vec<String> {
-        self.lines
-            .lock()
-            .map(|l| l.iter().filter(|s| s.starts_with("t/")).cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn subscribed(&self) -> bool {
-        self.lines
-            .lock()
-            .map(|l| l.iter().any(|s| s.contains("SUBACK")))
-            .unwrap_or(false)
-    }
-}
 
 struct Lab {
     dir: tempfile::TempDir,
@@ -88,30 +56,13 @@ impl Lab {
     }
 
     fn broker(&self, name: &str, ip: &str) -> Proc {
-        let conf = self.path(&format!("{name}.conf"));
-        std::fs::write(
-            &conf,
-            format!(
-                "user root\npersistence false\nlog_type error\nlistener 8883 {ip}\n\
-                 certfile {}\nkeyfile {}\nallow_anonymous true\n",
-                self.path(&format!("{name}.cert")).display(),
-                self.path(&format!("{name}.key")).display()
-            ),
+        mosquitto_broker(
+            self.dir.path(),
+            name,
+            ip,
+            &self.path(&format!("{name}.cert")),
+            &self.path(&format!("{name}.key")),
         )
-        .expect("conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto");
-        let p = Proc(child);
-        assert!(
-            wait_accepting(&format!("{ip}:8883")),
-            "broker {name} did not start"
-        );
-        p
     }
 
     fn tls_args(&self, port: u16) -> Vec<String> {
@@ -128,43 +79,7 @@ impl Lab {
     }
 
     fn sub(&self, host: &str, port: u16, id: &str) -> Sub {
-        // stdbuf: mosquitto_sub block-buffers a piped stdout; the test reads it line by line.
-        let mut cmd = Command::new("stdbuf");
-        cmd.args([
-            "-oL",
-            "mosquitto_sub",
-            "-d",
-            "-V",
-            "mqttv311",
-            "-h",
-            host,
-            "-p",
-            &port.to_string(),
-        ])
-        .args(["-i", id, "-t", "t/#", "-v"])
-        .args(self.tls_args(port))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("mosquitto_sub");
-        let out = child.stdout.take().expect("stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l2 = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(mut l) = l2.lock() {
-                    l.push(line);
-                }
-            }
-        });
-        let s = Sub {
-            _proc: Proc(child),
-            lines,
-        };
-        assert!(
-            wait_until(|| s.subscribed()),
-            "subscriber {id} got no SUBACK"
-        );
-        s
+        mosquitto_sub(host, port, id, "t/#", &self.tls_args(port))
     }
 
     fn publish(&self, host: &str, port: u16, id: &str, msg: &str) -> bool {
@@ -178,31 +93,6 @@ impl Lab {
             .map(|s| s.success())
             .unwrap_or(false)
     }
-}
-
-/// Polls until `f` holds or 10 s pass.
-fn wait_until(mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-fn wait_accepting(addr: &str) -> bool {
-    wait_until(|| StdTcpStream::connect(addr).is_ok())
-}
-
-fn have_mosquitto() -> bool {
-    Command::new("mosquitto")
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
 }
 
 fn lab_snapshot(lab: &Lab, method: LbMethod) -> Snapshot {

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_nsemu");
@@ -211,4 +211,133 @@ pub fn tally(out: &str) -> (usize, usize) {
         out.lines().filter(|l| *l == " Done").count(),
         out.lines().filter(|l| l.starts_with("ERROR:")).count(),
     )
+}
+
+// === real MQTT brokers and clients (mosquitto), shared by the lab tests ===
+
+/// A child process killed (by its PID, through the handle) when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls until `f` holds or 10 s pass.
+pub fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_accepting(addr: &str) -> bool {
+    wait_until(|| std::net::TcpStream::connect(addr).is_ok())
+}
+
+pub fn have_mosquitto() -> bool {
+    Command::new("mosquitto")
+        .arg("-h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Starts a mosquitto broker with one TLS listener on `ip`:8883 (config written to
+/// `dir/NAME.conf`) and waits until it accepts connections.
+pub fn mosquitto_broker(dir: &Path, name: &str, ip: &str, cert: &Path, key: &Path) -> Proc {
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "user root\npersistence false\nlog_type error\nlistener 8883 {ip}\n\
+             certfile {}\nkeyfile {}\nallow_anonymous true\nmax_inflight_messages 0\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .expect("conf");
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto");
+    let p = Proc(child);
+    assert!(
+        wait_accepting(&format!("{ip}:8883")),
+        "broker {name} did not start"
+    );
+    p
+}
+
+/// A running mosquitto_sub and the lines it printed, collected by a reader thread.
+pub struct Sub {
+    _proc: Proc,
+    lines: Arc<Mutex<Vec<String>>>,
+    prefix: String,
+}
+
+impl Sub {
+    /// Received messages (`-v` lines: topic, space, payload).
+    pub fn messages(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|s| s.starts_with(&self.prefix))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn subscribed(&self) -> bool {
+        self.lines
+            .lock()
+            .map(|l| l.iter().any(|s| s.contains("SUBACK")))
+            .unwrap_or(false)
+    }
+}
+
+/// Starts `mosquitto_sub -d -v` on `filter` (a topic prefix ending in `#`) with extra
+/// arguments (TLS options) and waits for its SUBACK.
+pub fn mosquitto_sub(host: &str, port: u16, id: &str, filter: &str, extra: &[String]) -> Sub {
+    // stdbuf: mosquitto_sub block-buffers a piped stdout; the test reads it line by line.
+    let mut cmd = Command::new("stdbuf");
+    cmd.args(["-oL", "mosquitto_sub", "-d", "-V", "mqttv311", "-h", host])
+        .args(["-p", &port.to_string(), "-i", id, "-t", filter, "-v"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("mosquitto_sub");
+    let out = child.stdout.take().expect("stdout");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let l2 = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(mut l) = l2.lock() {
+                l.push(line);
+            }
+        }
+    });
+    let s = Sub {
+        _proc: Proc(child),
+        lines,
+        prefix: filter.trim_end_matches('#').to_string(),
+    };
+    assert!(
+        wait_until(|| s.subscribed()),
+        "subscriber {id} got no SUBACK"
+    );
+    s
 }

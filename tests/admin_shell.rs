@@ -142,6 +142,10 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
             "ERROR: Monitor interval must be greater than response timeout",
         ),
         (
+            "set ssl service lb_service_azureiot1 -tls12 DISABLED -tls13 DISABLED".into(),
+            "ERROR: SSL configuration error [service lb_service_azureiot1: no TLS protocol version enabled",
+        ),
+        (
             "add server r[1-3] 127.2.4.[1-2]".into(),
             "ERROR: Ranges are different sizes",
         ),

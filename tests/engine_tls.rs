@@ -395,3 +395,81 @@ async fn backend_tls_sessions_are_resumed() -> TestResult {
     e.shutdown().await;
     Ok(())
 }
+
+/// `set ssl service -tls13 DISABLED` reaches the wire: the backend negotiates TLS 1.2 with the
+/// service so configured, TLS 1.3 otherwise; with both disabled the commit is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_tls_versions_follow_the_ssl_service_settings() -> TestResult {
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ck = rcgen::generate_simple_self_signed(vec!["127.3.37.11".to_string()])?;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![ck.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into()),
+        )?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.3.37.11:0").await?;
+    let baddr = l.local_addr()?;
+    let seen: Arc<Mutex<Vec<rustls::ProtocolVersion>>> = Arc::default();
+    let s2 = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (acceptor, s2) = (acceptor.clone(), s2.clone());
+            tokio::spawn(async move {
+                if let Ok(mut t) = acceptor.accept(s).await {
+                    if let (Some(v), Ok(mut seen)) = (t.get_ref().1.protocol_version(), s2.lock()) {
+                        seen.push(v);
+                    }
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = t.read(&mut buf).await {
+                        if n == 0 || t.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let e = engine();
+    let snap_with = |tls: TlsVersions| {
+        let mut svc = service("s1", baddr, ServiceType::UserSslTcp);
+        svc.tls = tls;
+        Arc::new(snapshot(
+            vec![user_vs("u", "127.3.37.10", 7037, Transport::Tcp, "lb")],
+            vec![lb_vs("lb", LbMethod::LeastConnection, &["s1"])],
+            vec![svc],
+            vec![],
+        ))
+    };
+    e.commit(snap_with(TlsVersions::default())).await?;
+    roundtrip(&mut connect("127.3.37.10:7037").await?, b"default").await?;
+    e.commit(snap_with(TlsVersions {
+        tls13: false,
+        ..TlsVersions::default()
+    }))
+    .await?;
+    roundtrip(&mut connect("127.3.37.10:7037").await?, b"tls12 only").await?;
+    let none = TlsVersions {
+        tls12: false,
+        tls13: false,
+        ..TlsVersions::default()
+    };
+    assert!(
+        e.commit(snap_with(none)).await.is_err(),
+        "no version left: refused"
+    );
+    let seen = seen.lock().map(|v| v.clone()).unwrap_or_default();
+    assert_eq!(
+        seen,
+        [
+            rustls::ProtocolVersion::TLSv1_3,
+            rustls::ProtocolVersion::TLSv1_2
+        ]
+    );
+    task.abort();
+    e.shutdown().await;
+    Ok(())
+}

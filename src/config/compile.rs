@@ -314,6 +314,7 @@ fn service(cfg: &Config, o: &Object) -> ServiceSpec {
             .filter(|c| c.ca)
             .map(|c| c.certkey.clone())
             .collect(),
+        tls: tls_versions(o),
         drain_delay_secs: o.drain_delay.or(server_drain),
     }
 }
@@ -340,6 +341,7 @@ fn group_services(cfg: &Config, g: &Object) -> Vec<(String, ServiceSpec)> {
                 server_auth: false,
                 common_name: None,
                 ca_certkeys: Vec::new(),
+                tls: TlsVersions::default(),
                 drain_delay_secs: None,
             };
             (name, spec)

@@ -200,6 +200,8 @@ pub struct ServiceSpec {
     pub common_name: Option<String>,
     /// Certkeys bound to the ssl service with `-CA`.
     pub ca_certkeys: Vec<String>,
+    /// TLS versions offered to the backend (`set ssl service -tls12/-tls13`).
+    pub tls: TlsVersions,
     /// Graceful disable: stop new connections, let existing ones finish within this many seconds.
     pub drain_delay_secs: Option<u32>,
 }

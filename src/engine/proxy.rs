@@ -832,6 +832,7 @@ mod tests {
             server_auth: false,
             common_name: None,
             ca_certkeys: vec![],
+            tls: Default::default(),
             drain_delay_secs: None,
         }
     }

@@ -142,8 +142,16 @@ pub(crate) fn client_config(
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<ClientConfig>, EngineError> {
     let err = |e: String| EngineError::Tls { reason: e };
+    // `set ssl service -tls12/-tls13`: offer only what the admin left enabled.
+    let vers = versions(&spec.tls);
+    if vers.is_empty() {
+        return Err(err(format!(
+            "service {}: no TLS protocol version enabled (nsemu offers TLS1.2 and TLS1.3)",
+            spec.name
+        )));
+    }
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(&vers)
         .map_err(|e| err(e.to_string()))?;
     let cfg = if spec.server_auth {
         let mut store = RootCertStore::empty();

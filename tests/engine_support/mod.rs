@@ -83,6 +83,7 @@ pub fn service(name: &str, addr: SocketAddr, ty: ServiceType) -> ServiceSpec {
         server_auth: false,
         common_name: None,
         ca_certkeys: Vec::new(),
+        tls: Default::default(),
         drain_delay_secs: None,
     }
 }

@@ -6,61 +6,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{lab_dir, lab_script, Appliance};
-
-// === processes ===
-
-/// A child process killed (by its PID, through the handle) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A mosquitto_sub whose output lines are collected by a reader thread.
-struct Sub {
-    _proc: Proc,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Sub {
-    /// Received messages (`-v`: "topic payload").
-    fn messages(&self) -> Vec<String> {
-        self.lines
-            .lock()
-            .map(|l| {
-                l.iter()
-                    .filter(|s| {
-                        !s.starts_with("Client ") && !s.starts_with("Subscribed") && s.contains(' ')
-                    })
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn has_topic(&self, topic: &str) -> bool {
-        let prefix = format!("{topic} ");
-        self.messages().iter().any(|m| m.starts_with(&prefix))
-    }
-
-    fn subscribed(&self) -> bool {
-        self.lines
-            .lock()
-            .map(|l| l.iter().any(|s| s.contains("SUBACK")))
-            .unwrap_or(false)
-    }
-}
+use common::{lab_dir, lab_script, mosquitto_broker, mosquitto_sub, Appliance, Proc, Sub};
 
 /// Two TLS brokers on `net`.11 and `net`.12, a config directory with the lab's files (a VIP
 /// certificate signed by the test CA) and the appliance once started.
@@ -121,29 +73,13 @@ impl Lab {
             let cert = dir.path().join(format!("b{n}.crt"));
             let key = dir.path().join(format!("b{n}.key"));
             leaf(&ip, &cert, &key);
-            let conf = dir.path().join(format!("b{n}.conf"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "user root\npersistence false\nlog_type error\nlistener 8883 {ip}\n\
-                     certfile {}\nkeyfile {}\nallow_anonymous true\n",
-                    cert.display(),
-                    key.display()
-                ),
-            )
-            .expect("conf");
-            let child = Command::new("mosquitto")
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("mosquitto");
-            brokers.push(Proc(child));
-            assert!(
-                wait_until(|| TcpStream::connect((ip.as_str(), 8883)).is_ok()),
-                "broker {ip} did not start"
-            );
+            brokers.push(mosquitto_broker(
+                dir.path(),
+                &format!("b{n}"),
+                &ip,
+                &cert,
+                &key,
+            ));
         }
         let mut lab = Lab {
             net: net.to_string(),
@@ -181,33 +117,12 @@ impl Lab {
 
     /// mosquitto_sub (MQTT 3.1.1) on host:port, TLS for 8883, waiting for its SUBACK.
     fn sub(&self, host: &str, port: u16, id: &str, topic: &str) -> Sub {
-        let mut cmd = Command::new("stdbuf");
-        cmd.args(["-oL", "mosquitto_sub", "-d", "-V", "mqttv311", "-h", host])
-            .args(["-p", &port.to_string(), "-i", id, "-t", topic, "-v"]);
-        if port == 8883 {
-            cmd.arg("--cafile").arg(&self.ca);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto_sub");
-        let out = child.stdout.take().expect("stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l2 = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(mut l) = l2.lock() {
-                    l.push(line);
-                }
-            }
-        });
-        let s = Sub {
-            _proc: Proc(child),
-            lines,
+        let tls = if port == 8883 {
+            vec!["--cafile".to_string(), self.ca.display().to_string()]
+        } else {
+            Vec::new()
         };
-        assert!(wait_until(|| s.subscribed()), "{id} got no SUBACK");
-        s
+        mosquitto_sub(host, port, id, topic, &tls)
     }
 
     /// mosquitto_pub directly to a broker.

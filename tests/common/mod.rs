@@ -280,6 +280,11 @@ pub fn mosquitto_broker(dir: &Path, name: &str, ip: &str, cert: &Path, key: &Pat
     p
 }
 
+/// mosquitto_sub -d's own lines, as opposed to `-v` message lines ("topic payload").
+fn is_debug_line(s: &str) -> bool {
+    s.starts_with("Client ") || s.starts_with("Subscribed")
+}
+
 /// A running mosquitto_sub and the lines it printed, collected by a reader thread.
 pub struct Sub {
     _proc: Proc,
@@ -294,11 +299,17 @@ impl Sub {
             .lock()
             .map(|l| {
                 l.iter()
-                    .filter(|s| s.starts_with(&self.prefix))
+                    .filter(|s| s.starts_with(&self.prefix) && !is_debug_line(s))
                     .cloned()
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// A message on exactly this topic was received.
+    pub fn has_topic(&self, topic: &str) -> bool {
+        let prefix = format!("{topic} ");
+        self.messages().iter().any(|m| m.starts_with(&prefix))
     }
 
     pub fn subscribed(&self) -> bool {

@@ -344,39 +344,14 @@ async fn replaced_certificate_applies_to_new_handshakes() -> TestResult {
 #[tokio::test]
 async fn backend_tls_sessions_are_resumed() -> TestResult {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let ck = rcgen::generate_simple_self_signed(vec!["127.3.36.11".to_string()])?;
-    let cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![ck.cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into()),
-        )?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let l = tokio::net::TcpListener::bind("127.3.36.11:0").await?;
-    let baddr = l.local_addr()?;
     let resumed = Arc::new(AtomicUsize::new(0));
     let r2 = resumed.clone();
-    let task = tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let acceptor = acceptor.clone();
-            let r2 = r2.clone();
-            tokio::spawn(async move {
-                if let Ok(mut t) = acceptor.accept(s).await {
-                    if t.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-                        r2.fetch_add(1, Ordering::SeqCst);
-                    }
-                    let mut buf = [0u8; 1024];
-                    while let Ok(n) = t.read(&mut buf).await {
-                        if n == 0 || t.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
+    let (baddr, task) = tls_backend("127.3.36.11", move |c| {
+        if c.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            r2.fetch_add(1, Ordering::SeqCst);
         }
-    });
+    })
+    .await?;
     let e = engine();
     e.commit(Arc::new(snapshot(
         vec![user_vs("u", "127.3.36.10", 7036, Transport::Tcp, "lb")],
@@ -401,38 +376,14 @@ async fn backend_tls_sessions_are_resumed() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_tls_versions_follow_the_ssl_service_settings() -> TestResult {
     use std::sync::Mutex;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let ck = rcgen::generate_simple_self_signed(vec!["127.3.37.11".to_string()])?;
-    let cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![ck.cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into()),
-        )?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let l = tokio::net::TcpListener::bind("127.3.37.11:0").await?;
-    let baddr = l.local_addr()?;
     let seen: Arc<Mutex<Vec<rustls::ProtocolVersion>>> = Arc::default();
     let s2 = seen.clone();
-    let task = tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let (acceptor, s2) = (acceptor.clone(), s2.clone());
-            tokio::spawn(async move {
-                if let Ok(mut t) = acceptor.accept(s).await {
-                    if let (Some(v), Ok(mut seen)) = (t.get_ref().1.protocol_version(), s2.lock()) {
-                        seen.push(v);
-                    }
-                    let mut buf = [0u8; 1024];
-                    while let Ok(n) = t.read(&mut buf).await {
-                        if n == 0 || t.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
+    let (baddr, task) = tls_backend("127.3.37.11", move |c| {
+        if let (Some(v), Ok(mut seen)) = (c.protocol_version(), s2.lock()) {
+            seen.push(v);
         }
-    });
+    })
+    .await?;
     let e = engine();
     let snap_with = |tls: TlsVersions| {
         let mut svc = service("s1", baddr, ServiceType::UserSslTcp);
@@ -472,4 +423,42 @@ async fn backend_tls_versions_follow_the_ssl_service_settings() -> TestResult {
     task.abort();
     e.shutdown().await;
     Ok(())
+}
+
+/// A TLS echo backend on `ip:0` with a fresh self-signed certificate; `on_accept` sees each
+/// completed handshake (to record its kind or version).
+async fn tls_backend(
+    ip: &str,
+    on_accept: impl Fn(&rustls::ServerConnection) + Send + Sync + 'static,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), Box<dyn std::error::Error>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ck = rcgen::generate_simple_self_signed(vec![ip.to_string()])?;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![ck.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into()),
+        )?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind((ip, 0)).await?;
+    let addr = l.local_addr()?;
+    let on_accept = Arc::new(on_accept);
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (acceptor, on_accept) = (acceptor.clone(), on_accept.clone());
+            tokio::spawn(async move {
+                if let Ok(mut t) = acceptor.accept(s).await {
+                    on_accept(t.get_ref().1);
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = t.read(&mut buf).await {
+                        if n == 0 || t.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, task))
 }

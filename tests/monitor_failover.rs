@@ -7,65 +7,29 @@ mod engine_support;
 
 use std::net::TcpListener as StdListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{lab_dir, lab_script, Appliance};
+use common::{lab_dir, lab_script, mosquitto_broker_with, Appliance, Proc};
 use engine_support::{connect, echo_tcp, expect_closed, roundtrip, server_name, tls_client};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// A process killed by PID when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A mosquitto broker with a TLS listener on `ip:8883` (self-signed certificate).
+/// A mosquitto broker with a TLS listener on `ip:8883` (a self-signed certificate made on the
+/// first start, kept for restarts).
 fn broker(dir: &Path, name: &str, ip: &str, anonymous: bool) -> Proc {
-    let ck = rcgen::generate_simple_self_signed(vec![ip.to_string()]).expect("rcgen");
-    let (cert, key, conf) = (
+    let (cert, key) = (
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
-        dir.join(format!("{name}.conf")),
     );
-    if !conf.exists() {
+    if !cert.exists() {
+        let ck = rcgen::generate_simple_self_signed(vec![ip.to_string()]).expect("rcgen");
         std::fs::write(&cert, ck.cert.pem()).expect("cert");
         std::fs::write(&key, ck.key_pair.serialize_pem()).expect("key");
-        std::fs::write(
-            &conf,
-            format!(
-                "user root\npersistence false\nlog_type error\nlistener 8883 {ip}\n\
-                 certfile {}\nkeyfile {}\nallow_anonymous {anonymous}\n",
-                cert.display(),
-                key.display()
-            ),
-        )
-        .expect("conf");
     }
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto (run ./scripts/test.sh to install it)");
-    let p = Proc(child);
-    assert!(
-        wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(
-            format!("{ip}:8883")
-        )
-        .is_ok()),
-        "broker {name} did not start"
-    );
-    p
+    mosquitto_broker_with(dir, name, ip, &cert, &key, anonymous)
 }
 
 fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {

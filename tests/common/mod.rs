@@ -254,12 +254,24 @@ pub fn have_mosquitto() -> bool {
 /// Starts a mosquitto broker with one TLS listener on `ip`:8883 (config written to
 /// `dir/NAME.conf`) and waits until it accepts connections.
 pub fn mosquitto_broker(dir: &Path, name: &str, ip: &str, cert: &Path, key: &Path) -> Proc {
+    mosquitto_broker_with(dir, name, ip, cert, key, true)
+}
+
+/// As `mosquitto_broker`; `anonymous: false` makes it refuse every CONNECT (no passwords set).
+pub fn mosquitto_broker_with(
+    dir: &Path,
+    name: &str,
+    ip: &str,
+    cert: &Path,
+    key: &Path,
+    anonymous: bool,
+) -> Proc {
     let conf = dir.join(format!("{name}.conf"));
     std::fs::write(
         &conf,
         format!(
             "user root\npersistence false\nlog_type error\nlistener 8883 {ip}\n\
-             certfile {}\nkeyfile {}\nallow_anonymous true\nmax_inflight_messages 0\n",
+             certfile {}\nkeyfile {}\nallow_anonymous {anonymous}\nmax_inflight_messages 0\n",
             cert.display(),
             key.display()
         ),

@@ -19,11 +19,11 @@ fn engine() -> Engine {
 async fn plain_client_reaches_tls_backend_through_user_vserver() -> TestResult {
     let b = echo_tls("127.3.1.11").await;
     let e = engine();
-    let snap = snapshot(
-        vec![user_vs("u", "127.3.1.10", 7001, Transport::Tcp, "lb")],
-        vec![lb_vs("lb", LbMethod::LeastConnection, &["s1"])],
+    let snap = plain_front(
+        "127.3.1.10",
+        7001,
+        LbMethod::LeastConnection,
         vec![service("s1", b.addr, ServiceType::UserSslTcp)],
-        vec![],
     );
     e.commit(Arc::new(snap)).await?;
     let mut c = connect("127.3.1.10:7001").await?;
@@ -44,14 +44,14 @@ async fn round_robin_spreads_20_connections_over_two_backends() -> TestResult {
     let b1 = echo_tcp("127.3.2.11").await;
     let b2 = echo_tcp("127.3.2.12").await;
     let e = engine();
-    let snap = snapshot(
-        vec![user_vs("u", "127.3.2.10", 7002, Transport::Tcp, "lb")],
-        vec![lb_vs("lb", LbMethod::RoundRobin, &["s1", "s2"])],
+    let snap = plain_front(
+        "127.3.2.10",
+        7002,
+        LbMethod::RoundRobin,
         vec![
             service("s1", b1.addr, ServiceType::UserTcp),
             service("s2", b2.addr, ServiceType::UserTcp),
         ],
-        vec![],
     );
     e.commit(Arc::new(snap)).await?;
     for i in 0..20 {
@@ -75,14 +75,14 @@ async fn refused_backend_fails_over_to_the_other() -> TestResult {
     let dead = dead_addr("127.3.3.11").await;
     let live = echo_tcp("127.3.3.12").await;
     let e = engine();
-    let snap = snapshot(
-        vec![user_vs("u", "127.3.3.10", 7003, Transport::Tcp, "lb")],
-        vec![lb_vs("lb", LbMethod::RoundRobin, &["dead", "live"])],
+    let snap = plain_front(
+        "127.3.3.10",
+        7003,
+        LbMethod::RoundRobin,
         vec![
             service("dead", dead, ServiceType::UserTcp),
             service("live", live.addr, ServiceType::UserTcp),
         ],
-        vec![],
     );
     e.commit(Arc::new(snap)).await?;
     for _ in 0..6 {
@@ -124,14 +124,14 @@ async fn down_service_is_skipped_until_it_comes_back() -> TestResult {
     let b1 = echo_tcp("127.3.5.11").await;
     let b2 = echo_tcp("127.3.5.12").await;
     let e = engine();
-    let snap = snapshot(
-        vec![user_vs("u", "127.3.5.10", 7005, Transport::Tcp, "lb")],
-        vec![lb_vs("lb", LbMethod::RoundRobin, &["s1", "s2"])],
+    let snap = plain_front(
+        "127.3.5.10",
+        7005,
+        LbMethod::RoundRobin,
         vec![
             service("s1", b1.addr, ServiceType::UserTcp),
             service("s2", b2.addr, ServiceType::UserTcp),
         ],
-        vec![],
     );
     e.commit(Arc::new(snap)).await?;
     e.set_service_health("s1", State::Down, "Failure - TCP connection refused");
@@ -158,11 +158,11 @@ async fn down_service_is_skipped_until_it_comes_back() -> TestResult {
 async fn half_close_lets_the_response_finish() -> TestResult {
     let b = echo_tls("127.3.6.11").await;
     let e = engine();
-    let snap = snapshot(
-        vec![user_vs("u", "127.3.6.10", 7006, Transport::Tcp, "lb")],
-        vec![lb_vs("lb", LbMethod::LeastConnection, &["s1"])],
+    let snap = plain_front(
+        "127.3.6.10",
+        7006,
+        LbMethod::LeastConnection,
         vec![service("s1", b.addr, ServiceType::SslTcp)],
-        vec![],
     );
     e.commit(Arc::new(snap)).await?;
     let mut c = connect("127.3.6.10:7006").await?;
@@ -180,11 +180,11 @@ async fn half_close_lets_the_response_finish() -> TestResult {
 async fn counters_follow_connections_and_bytes() -> TestResult {
     let b = echo_tcp("127.3.7.11").await;
     let e = engine();
-    let snap = snapshot(
-        vec![user_vs("u", "127.3.7.10", 7007, Transport::Tcp, "lb")],
-        vec![lb_vs("lb", LbMethod::LeastConnection, &["s1"])],
+    let snap = plain_front(
+        "127.3.7.10",
+        7007,
+        LbMethod::LeastConnection,
         vec![service("s1", b.addr, ServiceType::UserTcp)],
-        vec![],
     );
     e.commit(Arc::new(snap)).await?;
     let mut c = connect("127.3.7.10:7007").await?;
@@ -264,11 +264,11 @@ async fn idle_client_is_closed_after_clt_timeout() -> TestResult {
 async fn draining_a_service_closes_its_connections() -> TestResult {
     let b = echo_tcp("127.3.10.11").await;
     let e = engine();
-    let snap = snapshot(
-        vec![user_vs("u", "127.3.10.10", 7010, Transport::Tcp, "lb")],
-        vec![lb_vs("lb", LbMethod::LeastConnection, &["s1"])],
+    let snap = plain_front(
+        "127.3.10.10",
+        7010,
+        LbMethod::LeastConnection,
         vec![service("s1", b.addr, ServiceType::UserTcp)],
-        vec![],
     );
     e.commit(Arc::new(snap)).await?;
     let mut c = connect("127.3.10.10:7010").await?;

@@ -106,6 +106,19 @@ pub fn snapshot(
     }
 }
 
+/// The usual test front: plain user vserver `u` on `ip:port` in front of lb vserver `lb`
+/// (`method`) with every service of `services` bound, in order, weight 1.
+pub fn plain_front(ip: &str, port: u16, method: LbMethod, services: Vec<ServiceSpec>) -> Snapshot {
+    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    let lb = lb_vs("lb", method, &names);
+    snapshot(
+        vec![user_vs("u", ip, port, Transport::Tcp, "lb")],
+        vec![lb],
+        services,
+        vec![],
+    )
+}
+
 // --- certificates ---
 
 /// A self-signed certificate for `names`, written as PEM files in `dir`.

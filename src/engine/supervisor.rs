@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::snapshot::{
-    LbVserverSpec, ServiceType, Snapshot, TlsVersions, Transport, UserVserverSpec,
+    CertKeySpec, LbVserverSpec, ServiceType, Snapshot, TlsVersions, Transport, UserVserverSpec,
 };
 use crate::engine::backend::ServiceRuntime;
 use crate::engine::balance::{Balancer, PersistenceTable};
@@ -100,6 +100,26 @@ pub(crate) struct Route {
 pub(crate) struct Reconciler {
     listeners: HashMap<SocketAddr, Listener>,
     runtime: Option<Arc<Runtime>>,
+    /// Certkeys as last loaded, with the spec and the file stamps they were loaded from.
+    certs: HashMap<String, CachedCert>,
+}
+
+/// A loaded certkey and what it was loaded from: a commit parses a certkey again only when its
+/// spec or the bytes of one of its files changed, so `update ssl certKey` naming the same files
+/// with new contents still reloads. (Bytes, not modification times: two writes within the
+/// filesystem's timestamp granularity would look alike.)
+struct CachedCert {
+    spec: CertKeySpec,
+    stamp: Vec<Vec<u8>>,
+    loaded: LoadedCertKey,
+}
+
+/// The files' contents, or `None` when one cannot be read (loading then reports why).
+fn file_stamp(spec: &CertKeySpec) -> Option<Vec<Vec<u8>>> {
+    std::iter::once(&spec.cert)
+        .chain(spec.key.as_ref())
+        .map(|p| std::fs::read(p).ok())
+        .collect()
 }
 
 /// A listener wanted by the new snapshot, before publishing.
@@ -159,12 +179,30 @@ impl Reconciler {
             }
         }
 
-        // --- prepare: certificates (all of them, every commit: there are few, a bad file
-        // fails the command that added it, and `update ssl certKey` may name the same files
-        // with new contents) ---
+        // --- prepare: certificates (each commit reads every certkey's files, so that `update
+        // ssl certKey` naming the same files with new contents reloads them; unchanged ones are
+        // not parsed again) ---
         let mut certs: HashMap<&str, LoadedCertKey> = HashMap::new();
+        let mut loaded_now: Vec<(String, CachedCert)> = Vec::new();
         for (name, spec) in &snap.certkeys {
-            certs.insert(name, tls::load_certkey(spec, &shared.provider)?);
+            let stamp = file_stamp(spec);
+            let cached = self
+                .certs
+                .get(name)
+                .filter(|c| c.spec == *spec && stamp.as_ref() == Some(&c.stamp));
+            let loaded = match cached {
+                Some(c) => c.loaded.clone(),
+                // A missing file has no stamp: loading reports it with NetScaler's error.
+                None => {
+                    let l = tls::load_certkey(spec, &shared.provider)?;
+                    if let Some(stamp) = stamp {
+                        let entry = CachedCert { spec: spec.clone(), stamp, loaded: l.clone() };
+                        loaded_now.push((name.clone(), entry));
+                    }
+                    l
+                }
+            };
+            certs.insert(name, loaded);
         }
 
         // --- prepare: services that changed, and those whose CA material changed ---
@@ -444,6 +482,8 @@ impl Reconciler {
         // Old listeners not wanted any more close now, after the new ones are up.
         self.listeners = listeners;
         self.runtime = Some(runtime.clone());
+        self.certs.extend(loaded_now);
+        self.certs.retain(|name, _| snap.certkeys.contains_key(name));
 
         // Forget runtime records of entities that left the configuration (their counters
         // restart if they are added again).

@@ -424,3 +424,59 @@ async fn resetting_backend_closes_only_its_own_clients() -> TestResult {
     e.shutdown().await;
     Ok(())
 }
+
+/// A monitor probing a port that closes marks the service DOWN while its backend still serves:
+/// with `-downStateFlush ENABLED` (the default) the established connection is closed, with
+/// DISABLED it goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_state_flush_decides_whether_established_connections_close() -> TestResult {
+    for (n, flush) in [(1u8, true), (2u8, false)] {
+        let net = format!("127.3.41.{}", n * 10);
+        let backend_ip = format!("127.3.41.{}", n * 10 + 1);
+        let b = echo_tcp(&backend_ip).await;
+        // The monitor's port accepts until the client's connection is established, then closes.
+        let probed = std::net::TcpListener::bind((backend_ip.as_str(), 0))?;
+        let probed_port = probed.local_addr()?.port();
+        let e = engine();
+        let mut svc = service("s1", b.addr, ServiceType::UserTcp);
+        svc.down_state_flush = flush;
+        svc.monitors = vec![MonitorBinding {
+            monitor: "probe".into(),
+            weight: 1,
+            enabled: true,
+        }];
+        let mut snap = plain_front(&net, 7041, LbMethod::RoundRobin, vec![svc]);
+        snap.monitors.insert(
+            "probe".into(),
+            MonitorSpec {
+                name: "probe".into(),
+                kind: "TCP".into(),
+                interval_ms: 200,
+                resp_timeout_ms: 100,
+                retries: 1,
+                success_retries: 1,
+                down_time_ms: 200,
+                dest_ip: None,
+                dest_port: Some(probed_port),
+                secure: false,
+                send: None,
+                recv: None,
+                user_name: None,
+                password: None,
+                enabled: true,
+            },
+        );
+        e.commit(Arc::new(snap)).await?;
+        let mut c = connect(&format!("{net}:7041")).await?;
+        roundtrip(&mut c, b"before").await?;
+        drop(probed);
+        assert!(eventually(|| e.status().services["s1"].state == State::Down).await);
+        if flush {
+            assert!(expect_closed(&mut c).await, "flushed when DOWN");
+        } else {
+            roundtrip(&mut c, b"still flowing").await?;
+        }
+        e.shutdown().await;
+    }
+    Ok(())
+}

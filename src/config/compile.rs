@@ -315,6 +315,7 @@ fn service(cfg: &Config, o: &Object) -> ServiceSpec {
             .map(|c| c.certkey.clone())
             .collect(),
         tls: tls_versions(o),
+        down_state_flush: o.get("downStateFlush") != Some("DISABLED"),
         drain_delay_secs: o.drain_delay.or(server_drain),
     }
 }
@@ -342,6 +343,7 @@ fn group_services(cfg: &Config, g: &Object) -> Vec<(String, ServiceSpec)> {
                 common_name: None,
                 ca_certkeys: Vec::new(),
                 tls: TlsVersions::default(),
+                down_state_flush: true,
                 drain_delay_secs: None,
             };
             (name, spec)

@@ -202,6 +202,8 @@ pub struct ServiceSpec {
     pub ca_certkeys: Vec<String>,
     /// TLS versions offered to the backend (`set ssl service -tls12/-tls13`).
     pub tls: TlsVersions,
+    /// `-downStateFlush`: close established connections when the service goes DOWN.
+    pub down_state_flush: bool,
     /// Graceful disable: stop new connections, let existing ones finish within this many seconds.
     pub drain_delay_secs: Option<u32>,
 }

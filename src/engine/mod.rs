@@ -243,7 +243,15 @@ impl Engine {
             tracing::info!("service {service} UP: {last}");
         } else {
             tracing::info!("service {service} DOWN: {last}");
-            rec.close_connections();
+            // NetScaler's Down State Flush (on by default): clients reconnect through a service
+            // that is UP. With `-downStateFlush DISABLED` established connections are left alone.
+            let flush = self
+                .runtime()
+                .and_then(|rt| rt.snap.services.get(service).map(|s| s.down_state_flush))
+                .unwrap_or(true);
+            if flush {
+                rec.close_connections();
+            }
         }
     }
 

@@ -279,6 +279,9 @@ impl Conn {
                     return Ok(b);
                 }
             }
+            // Subscribe to the service's flush signal before connecting: a flush (DOWN, disable)
+            // that happens while the connect is in flight must still close this connection.
+            let kill = svc.shared.kill_signal();
             match svc.connect().await {
                 Ok(stream) => {
                     Counters::add(&svc.shared.counters.hits, 1);
@@ -289,7 +292,7 @@ impl Conn {
                     let lb_counters = &self.route.lb.shared.counters;
                     return Ok(Backend {
                         stream,
-                        kill: svc.shared.kill_signal(),
+                        kill,
                         _svc_client: GaugeGuard::new(&svc.shared.counters, Gauge::Client),
                         _svc_server: GaugeGuard::new(&svc.shared.counters, Gauge::Server),
                         _lb_server: GaugeGuard::new(lb_counters, Gauge::Server),
@@ -833,6 +836,7 @@ mod tests {
             common_name: None,
             ca_certkeys: vec![],
             tls: Default::default(),
+            down_state_flush: true,
             drain_delay_secs: None,
         }
     }

@@ -196,7 +196,11 @@ impl Reconciler {
                 None => {
                     let l = tls::load_certkey(spec, &shared.provider)?;
                     if let Some(stamp) = stamp {
-                        let entry = CachedCert { spec: spec.clone(), stamp, loaded: l.clone() };
+                        let entry = CachedCert {
+                            spec: spec.clone(),
+                            stamp,
+                            loaded: l.clone(),
+                        };
                         loaded_now.push((name.clone(), entry));
                     }
                     l
@@ -483,7 +487,8 @@ impl Reconciler {
         self.listeners = listeners;
         self.runtime = Some(runtime.clone());
         self.certs.extend(loaded_now);
-        self.certs.retain(|name, _| snap.certkeys.contains_key(name));
+        self.certs
+            .retain(|name, _| snap.certkeys.contains_key(name));
 
         // Forget runtime records of entities that left the configuration (their counters
         // restart if they are added again).

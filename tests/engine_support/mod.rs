@@ -84,6 +84,7 @@ pub fn service(name: &str, addr: SocketAddr, ty: ServiceType) -> ServiceSpec {
         common_name: None,
         ca_certkeys: Vec::new(),
         tls: Default::default(),
+        down_state_flush: true,
         drain_delay_secs: None,
     }
 }
